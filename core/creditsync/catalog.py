@@ -1,0 +1,102 @@
+"""The `plans` table: read the catalog, seed it, and replace or change it as a whole.
+
+Every change is validated as a complete catalog first, so a bad change writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from creditsync import plans
+from creditsync.storage import models
+
+_plans = models.PlanRow.__table__
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """Which plans a write added, changed (credits or aliases) or removed."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def touched(self) -> tuple[str, ...]:
+        return self.added + self.changed + self.removed
+
+
+def read_plans(conn: Connection) -> list[plans.Plan]:
+    rows = conn.execute(sa.select(_plans).order_by(_plans.c.monthly_credits, _plans.c.id))
+    return [
+        plans.Plan(row.id, row.monthly_credits, tuple(row.aliases or ()), row.display_name,
+                   row.is_default)
+        for row in rows
+    ]
+
+
+def load(conn: Connection) -> plans.Catalog:
+    """The catalog as stored; raises `CatalogError` if the table is empty or invalid."""
+    found = read_plans(conn)
+    if not found:
+        raise plans.CatalogError(
+            "the plans table is empty: run `creditsync plans apply FILE` or start "
+            "`creditsync run`, which seeds the built-in plans"
+        )
+    return plans.Catalog(tuple(found))
+
+
+def seed(conn: Connection, source: Path | None, now: dt.datetime) -> bool:
+    """Fill an empty table from `source` (or the built-in defaults); True if it wrote."""
+    if conn.execute(sa.select(sa.func.count()).select_from(_plans)).scalar_one():
+        return False
+    catalog = plans.load_file(source) if source else plans.DEFAULT_CATALOG
+    replace(conn, catalog, now)
+    return True
+
+
+def replace(conn: Connection, catalog: plans.Catalog, now: dt.datetime) -> CatalogChange:
+    """Make the table hold exactly `catalog`."""
+    return _write(conn, {plan.id: plan for plan in catalog.plans}, now)
+
+
+def upsert(conn: Connection, plan: plans.Plan, now: dt.datetime) -> CatalogChange:
+    """Add or change one plan (a `CreditPlan`); the resulting catalog must stay valid."""
+    wanted = {p.id: p for p in read_plans(conn)}
+    wanted[plan.id] = plan
+    return _write(conn, wanted, now)
+
+
+def delete(conn: Connection, plan_id: str, now: dt.datetime) -> CatalogChange:
+    """Remove one plan. Instances on it are left alone and reported, never downgraded."""
+    wanted = {p.id: p for p in read_plans(conn) if p.id != plan_id}
+    return _write(conn, wanted, now, allow_no_default=True)
+
+
+def _write(
+    conn: Connection, wanted: dict[str, plans.Plan], now: dt.datetime,
+    allow_no_default: bool = False,
+) -> CatalogChange:
+    plans.validate(list(wanted.values()), require_default=not allow_no_default)
+    existing = {p.id: p for p in read_plans(conn)}
+    added = tuple(sorted(set(wanted) - set(existing)))
+    removed = tuple(sorted(set(existing) - set(wanted)))
+    changed = tuple(sorted(pid for pid in set(wanted) & set(existing)
+                           if wanted[pid] != existing[pid]))
+    if removed:
+        conn.execute(_plans.delete().where(_plans.c.id.in_(removed)))
+    for pid in changed:
+        conn.execute(_plans.delete().where(_plans.c.id == pid))
+    rows = [
+        {"id": p.id, "monthly_credits": p.monthly_credits, "aliases": list(p.aliases),
+         "display_name": p.display_name, "is_default": p.default, "updated_at": now}
+        for pid, p in wanted.items() if pid in added or pid in changed
+    ]
+    if rows:
+        conn.execute(_plans.insert(), rows)
+    return CatalogChange(added, changed, removed)

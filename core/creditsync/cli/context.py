@@ -1,0 +1,61 @@
+"""What every command needs: settings, an engine, the policy; and error reporting."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import click
+from sqlalchemy.engine import Engine
+
+from creditsync import config, policy
+from creditsync.storage import database, schema
+
+
+@dataclass
+class Context:
+    settings: config.Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return database.create(self.settings.database_url)
+
+    @property
+    def pol(self) -> policy.Policy:
+        return policy_of(self.settings)
+
+    def require_schema(self) -> None:
+        try:
+            schema.require_current(self.engine)
+        except schema.SchemaOutdated as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def policy_of(settings: config.Settings) -> policy.Policy:
+    usage: policy.UsagePolicy = "Preserve" if settings.usage_on_plan_change == "Preserve" \
+        else "Reset"
+    return policy.Policy(usage, settings.expiry_grace_period)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

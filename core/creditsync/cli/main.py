@@ -1,0 +1,96 @@
+"""`creditsync` root command: servers (`run`, `api`, `operator`) and `db`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from creditsync import catalog, config, convergence, logs, runner
+from creditsync.cli import dev, drift, plans_cmd, webhooks
+from creditsync.cli.context import Context, pass_context
+from creditsync.storage import database, schema
+
+log = logging.getLogger("creditsync.cli")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-json/--log-text", default=None,
+              help="JSON lines (default when stderr is not a terminal) or readable text.")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_json: bool | None) -> None:
+    """Keep every app instance's credits equal to what its plan pays for."""
+    logs.configure(log_level, log_json)
+    try:
+        ctx.obj = Context(config.from_env())
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(ctx: Context) -> None:
+    """Create or upgrade the schema to this version's (idempotent)."""
+    before = schema.current(ctx.engine)
+    schema.upgrade(ctx.engine)
+    with database.write(ctx.engine) as conn:
+        seeded = catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow())
+    click.echo(f"schema {before or 'empty'} → {schema.head()} at "
+               f"{database.describe(ctx.settings.database_url)}"
+               + ("; seeded the plan catalog" if seeded else ""))
+
+
+def prepare_standalone(ctx: Context) -> None:
+    """`run` upgrades its embedded SQLite by itself; elsewhere the schema must be current."""
+    if database.is_sqlite(ctx.engine):
+        schema.upgrade(ctx.engine)
+    ctx.require_schema()
+    with database.write(ctx.engine) as conn:
+        if catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow()):
+            log.info("seeded the plan catalog from %s",
+                     ctx.settings.plans_file or "the built-in defaults")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--no-api", is_flag=True, help="Only the convergence loop, no HTTP server.")
+@pass_context
+def run(ctx: Context, host: str, port: int, no_api: bool) -> None:
+    """Standalone: convergence loop (once at start-up, then every CREDITSYNC_SYNC_INTERVAL)."""
+    prepare_standalone(ctx)
+    loop = runner.Runner(ctx.engine, ctx.pol, ctx.settings.sync_interval,
+                         ctx.settings.batch_size)
+    log.info("creditsync running on %s, converging every %ss",
+             database.describe(ctx.settings.database_url),
+             int(ctx.settings.sync_interval.total_seconds()))
+    stop = threading.Event()
+    loop.stopping = stop
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    loop.serve()
+
+
+cli.add_command(drift.check)
+cli.add_command(drift.sync)
+cli.add_command(plans_cmd.group)
+cli.add_command(webhooks.group)
+cli.add_command(dev.group)
+
+
+def main() -> None:
+    cli(prog_name="creditsync")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

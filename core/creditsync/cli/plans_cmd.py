@@ -1,0 +1,71 @@
+"""`creditsync plans list|apply`: read and replace the plan catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from creditsync import catalog, convergence, plans
+from creditsync.cli.context import Context, pass_context, table
+from creditsync.storage import database, models
+
+
+@click.group("plans")
+def group() -> None:
+    """The plan catalog."""
+
+
+@group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def list_plans(ctx: Context, as_json: bool) -> None:
+    """Show the catalog with how many instances are on each plan."""
+    ctx.require_schema()
+    inst = models.Instance.__table__
+    with database.read(ctx.engine) as conn:
+        found = catalog.read_plans(conn)
+        counts = dict(conn.execute(
+            sa.select(inst.c.plan_id, sa.func.count()).group_by(inst.c.plan_id)).all())
+    if as_json:
+        click.echo(json.dumps({"plans": [
+            {**plans.plan_to_mapping(p), "instances": counts.get(p.id, 0)} for p in found]}))
+        return
+    click.echo(table(
+        ["PLAN", "CREDITS", "DEFAULT", "ALIASES", "INSTANCES"],
+        [(p.id, p.monthly_credits, "yes" if p.default else "", ", ".join(p.aliases) or "-",
+          counts.get(p.id, 0)) for p in found],
+    ))
+
+
+@group.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--no-sync", is_flag=True, help="Change the catalog only; converge later.")
+@pass_context
+def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
+    """Replace the catalog with FILE, then converge the instances it affects."""
+    ctx.require_schema()
+    try:
+        new = plans.load_file(file)
+    except plans.CatalogError as exc:
+        raise click.ClickException(f"{exc} (nothing was changed)") from exc
+    with database.write(ctx.engine) as conn:
+        change = catalog.replace(conn, new, convergence.utcnow())
+    if not change.touched:
+        click.echo("catalog unchanged")
+        return
+    click.echo("catalog: " + "; ".join(
+        f"{what} {', '.join(ids)}" for what, ids in
+        (("added", change.added), ("changed", change.changed), ("removed", change.removed))
+        if ids))
+    if no_sync:
+        click.echo("not converged (--no-sync): run `creditsync sync --all` when ready")
+        return
+    summary = convergence.converge(ctx.engine, trigger="plan_change", actor="cli",
+                                   pol=ctx.pol, batch_size=ctx.settings.batch_size)
+    click.echo(f"converged: repaired {summary.repaired:,} of {summary.scanned:,} instances"
+               + (f"; {summary.plan_missing:,} on removed plans left as they are"
+                  if summary.plan_missing else ""))
+

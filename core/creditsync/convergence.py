@@ -1,0 +1,547 @@
+"""The reconcile engine: converge instances to what their subscription pays for.
+
+One `converge()` serves every trigger (timer, webhook, manual, plan change, CLI). It walks
+the instances in keyset batches; SQL finds the drifted rows of a batch (desired plan and
+allocation are computed in the query from the subscription and the catalog), `policy`
+decides their new numbers, and one set-based write per batch applies them, guarded by
+`version` so that usage recorded concurrently is never lost, with a ledger row per change.
+`scan()` runs the same query and reports without writing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from creditsync import catalog, plans, policy
+from creditsync.storage import database, models
+
+log = logging.getLogger("creditsync.convergence")
+
+_i = models.Instance.__table__
+_s = models.Subscription.__table__
+_ledger = models.LedgerEntry.__table__
+_runs = models.SyncRun.__table__
+
+MAX_CONFLICT_ROUNDS = 5
+KEEP_CHANGES = 1000
+
+
+@dataclass(frozen=True)
+class Change:
+    """Everything convergence did (or would do) to one instance."""
+
+    instance_id: str
+    steps: tuple[policy.Step, ...]
+
+    @property
+    def before(self) -> policy.Numbers:
+        return self.steps[0].before
+
+    @property
+    def after(self) -> policy.Numbers:
+        return self.steps[-1].after
+
+    @property
+    def kinds(self) -> str:
+        return ",".join(step.kind for step in self.steps)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One instance whose actual numbers differ from desired (what `check` lists)."""
+
+    instance_id: str
+    actual_plan: str
+    desired_plan: str
+    actual_credits_total: int
+    desired_credits_total: int | None
+    reason: str
+
+
+@dataclass
+class Summary:
+    """What one run found and did."""
+
+    run_id: str
+    trigger: str
+    dry_run: bool
+    started_at: dt.datetime
+    scanned: int = 0
+    drifted: int = 0
+    repaired: int = 0
+    failed: int = 0
+    plan_missing: int = 0
+    duration_s: float = 0.0
+    changes: list[Change] = field(default_factory=list)
+    missing_plans: set[str] = field(default_factory=set)
+
+    def line(self) -> str:
+        return (
+            f"sync {self.trigger}{' (dry run)' if self.dry_run else ''}: scanned {self.scanned}, "
+            f"drifted {self.drifted}, repaired {self.repaired}, failed {self.failed}, "
+            f"plan missing {self.plan_missing} in {self.duration_s:.2f}s"
+        )
+
+
+Progress = Callable[[int], None]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _drift_query(
+    cat: plans.Catalog, now: dt.datetime, pol: policy.Policy
+) -> tuple[sa.Select[tuple[object, ...]], sa.ColumnElement[bool]]:
+    """The SELECT of drifted instances (unordered, unbounded) and its drift predicate."""
+    cutoff = now - pol.expiry_grace_period
+    has_sub = _s.c.instance_id.is_not(None)
+    expired = sa.and_(has_sub, _s.c.status != "removed", _s.c.expires_at.is_not(None),
+                      _s.c.expires_at <= cutoff)
+    paid = sa.and_(has_sub, _s.c.status != "removed",
+                   sa.or_(_s.c.expires_at.is_(None), _s.c.expires_at > cutoff))
+    desired_plan = sa.case((paid, _s.c.plan_id), else_=sa.literal(cat.default.id))
+    desired_credits = sa.case(
+        {plan.id: sa.literal(plan.monthly_credits) for plan in cat.plans},
+        value=desired_plan, else_=sa.null(),
+    )
+    drift = sa.or_(
+        sa.and_(has_sub, _i.c.applied_rev != _s.c.rev),
+        _i.c.plan_id != desired_plan,
+        desired_credits.is_(None),
+        _i.c.credits_total != desired_credits,
+        _i.c.period_end <= now,
+    )
+    query = sa.select(
+        _i.c.instance_id, _i.c.version, _i.c.plan_id, _i.c.credits_total,
+        _i.c.credits_used_month, _i.c.bonus_credits, _i.c.period_start, _i.c.period_end,
+        _i.c.applied_rev, sa.func.coalesce(_s.c.rev, 0).label("rev"),
+        _s.c.source_time, expired.label("expired"), desired_plan.label("desired_plan"),
+        desired_credits.label("desired_credits"),
+    ).select_from(_i.outerjoin(_s, _s.c.instance_id == _i.c.instance_id))
+    return query, drift
+
+
+def _numbers(row: Row[tuple[object, ...]]) -> policy.Numbers:
+    m = row._mapping
+    return policy.Numbers(
+        plan_id=m["plan_id"], credits_total=m["credits_total"],
+        credits_used=m["credits_used_month"], bonus_credits=m["bonus_credits"],
+        period_start=m["period_start"], period_end=m["period_end"],
+        applied_rev=m["applied_rev"],
+    )
+
+
+def _desired(row: Row[tuple[object, ...]]) -> policy.Desired:
+    m = row._mapping
+    return policy.Desired(
+        plan_id=m["desired_plan"], credits_total=m["desired_credits"], rev=m["rev"],
+        event_time=m["source_time"], expired=bool(m["expired"]),
+    )
+
+
+def _drifted_batch(
+    conn: Connection,
+    cat: plans.Catalog,
+    now: dt.datetime,
+    pol: policy.Policy,
+    ids: Sequence[str] | None,
+    after: str | None,
+    batch_size: int,
+) -> Sequence[Row[tuple[object, ...]]]:
+    query, drift = _drift_query(cat, now, pol)
+    query = query.where(drift)
+    if ids is not None:
+        query = query.where(_i.c.instance_id.in_(ids))
+    if after is not None:
+        query = query.where(_i.c.instance_id > after)
+    return conn.execute(query.order_by(_i.c.instance_id).limit(batch_size)).all()
+
+
+def _drift(row: Row[tuple[object, ...]], now: dt.datetime, pol: policy.Policy) -> Drift:
+    m = row._mapping
+    steps = policy.transition(_numbers(row), _desired(row), now, pol)
+    reason = "plan_missing" if m["desired_credits"] is None else (
+        ",".join(step.kind for step in steps) or "in_sync")
+    return Drift(m["instance_id"], m["plan_id"], m["desired_plan"], m["credits_total"],
+                 m["desired_credits"], reason)
+
+
+def scan(
+    engine: Engine,
+    *,
+    instance_ids: Sequence[str] | None = None,
+    now: dt.datetime | None = None,
+    pol: policy.Policy | None = None,
+    batch_size: int = 5000,
+) -> Iterator[Drift]:
+    """Yield every drifted instance with desired vs actual; writes nothing."""
+    now = now or utcnow()
+    pol = pol or policy.Policy()
+    for chunk in _id_chunks(instance_ids, batch_size):
+        after: str | None = None
+        while True:
+            with database.read(engine) as conn:
+                cat = catalog.load(conn)
+                rows = _drifted_batch(conn, cat, now, pol, chunk, after, batch_size)
+            yield from (_drift(row, now, pol) for row in rows)
+            if len(rows) < batch_size:
+                break
+            after = rows[-1]._mapping["instance_id"]
+
+
+def drifted_in(
+    conn: Connection, instance_ids: Sequence[str], *, now: dt.datetime, pol: policy.Policy
+) -> list[Drift]:
+    """The drift of a few instances, read inside the caller's transaction."""
+    rows = _drifted_batch(conn, catalog.load(conn), now, pol, instance_ids, None,
+                          max(len(instance_ids), 1))
+    return [_drift(row, now, pol) for row in rows]
+
+
+def count_instances(engine: Engine, instance_ids: Sequence[str] | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(_i)
+    with database.read(engine) as conn:
+        if instance_ids is None:
+            return int(conn.execute(query).scalar_one())
+        return sum(
+            int(conn.execute(query.where(_i.c.instance_id.in_(chunk))).scalar_one())
+            for chunk in _id_chunks(instance_ids, 5000)
+        )
+
+
+def _id_chunks(
+    ids: Sequence[str] | None, size: int
+) -> Iterator[Sequence[str] | None]:
+    if ids is None:
+        yield None
+        return
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), size):
+        yield unique[start:start + size]
+
+
+def converge(
+    engine: Engine,
+    *,
+    trigger: str,
+    actor: policy.Actor,
+    instance_ids: Sequence[str] | None = None,
+    correlation_id: str | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    pol: policy.Policy | None = None,
+    batch_size: int = 5000,
+    progress: Progress | None = None,
+    record_run: bool = True,
+) -> Summary:
+    """Converge all instances (or `instance_ids`) and return what was done.
+
+    Idempotent: a second call right after changes nothing. A dry run writes nothing.
+    """
+    now = now or utcnow()
+    pol = pol or policy.Policy()
+    started = time.perf_counter()
+    summary = Summary(str(uuid.uuid4()), trigger, dry_run, now)
+    correlation = correlation_id or summary.run_id
+    record = record_run and not dry_run
+    if record:
+        with database.write(engine) as conn:
+            conn.execute(_runs.insert().values(
+                id=summary.run_id, trigger=trigger, dry_run=False, started_at=now,
+                scope="all" if instance_ids is None else "instances"))
+    try:
+        summary.scanned = count_instances(engine, instance_ids)
+        conflicts = _run_pass(engine, summary, instance_ids, now, pol, batch_size, actor,
+                              correlation, progress)
+        rounds = 0
+        while conflicts and rounds < MAX_CONFLICT_ROUNDS:
+            rounds += 1
+            summary.drifted -= len(conflicts)  # they are counted again when re-read
+            conflicts = _run_pass(engine, summary, sorted(conflicts), now, pol, batch_size,
+                                  actor, correlation, progress)
+        summary.failed += len(conflicts)
+        if instance_ids is not None and not dry_run:
+            _touch(engine, instance_ids, now)
+    except Exception as exc:
+        summary.duration_s = time.perf_counter() - started
+        if record:
+            _finish(engine, summary, error=f"{type(exc).__name__}: {exc}")
+        raise
+    summary.duration_s = time.perf_counter() - started
+    if record:
+        _finish(engine, summary)
+    log.info(summary.line(), extra={"run": _run_fields(summary)})
+    return summary
+
+
+def _run_pass(
+    engine: Engine,
+    summary: Summary,
+    instance_ids: Sequence[str] | None,
+    now: dt.datetime,
+    pol: policy.Policy,
+    batch_size: int,
+    actor: policy.Actor,
+    correlation: str,
+    progress: Progress | None,
+) -> set[str]:
+    """One keyset walk; returns the ids whose write lost a race with concurrent usage."""
+    conflicts: set[str] = set()
+    for chunk in _id_chunks(instance_ids, batch_size):
+        after: str | None = None
+        while True:
+            with database.write(engine) as conn:
+                rows, changes, applied = _converge_batch(
+                    conn, chunk, after, batch_size, now, pol, actor, correlation, summary)
+            conflicts |= {c.instance_id for c in changes} - applied
+            if progress is not None and rows:
+                progress(len(rows))
+            if len(rows) < batch_size:
+                break
+            after = rows[-1]._mapping["instance_id"]
+    return conflicts
+
+
+def _converge_batch(
+    conn: Connection,
+    ids: Sequence[str] | None,
+    after: str | None,
+    batch_size: int,
+    now: dt.datetime,
+    pol: policy.Policy,
+    actor: policy.Actor,
+    correlation: str,
+    summary: Summary,
+) -> tuple[Sequence[Row[tuple[object, ...]]], list[Change], set[str]]:
+    cat = catalog.load(conn)
+    rows = _drifted_batch(conn, cat, now, pol, ids, after, batch_size)
+    changes = _plan(rows, now, pol, summary)
+    if changes and not summary.dry_run:
+        applied = _apply(conn, changes, rows, now, actor, correlation)
+    else:
+        applied = {change.instance_id for change in changes}
+    for change in changes:
+        if change.instance_id in applied:
+            summary.repaired += 1
+            if len(summary.changes) < KEEP_CHANGES:
+                summary.changes.append(change)
+            _log_change(change, summary.dry_run)
+    return rows, changes, applied
+
+
+def converge_in(
+    conn: Connection,
+    instance_ids: Sequence[str],
+    *,
+    trigger: str,
+    actor: policy.Actor,
+    correlation_id: str,
+    now: dt.datetime,
+    pol: policy.Policy,
+    dry_run: bool = False,
+) -> Summary:
+    """Converge a few instances inside the caller's transaction (webhooks, provisioning).
+
+    No sync-run row: the caller's event (webhook, install, usage) is the correlation.
+    A write that loses a race with concurrent usage is re-read and retried at once.
+    """
+    summary = Summary(correlation_id, trigger, dry_run, now)
+    pending: Sequence[str] = sorted(set(instance_ids))
+    summary.scanned = len(pending)
+    for _ in range(MAX_CONFLICT_ROUNDS):
+        _rows, changes, applied = _converge_batch(
+            conn, pending, None, max(len(pending), 1), now, pol, actor, correlation_id, summary)
+        pending = sorted({c.instance_id for c in changes} - applied)
+        if not pending:
+            break
+        summary.drifted -= len(pending)
+    summary.failed = len(pending)
+    if not dry_run:
+        conn.execute(_i.update().where(_i.c.instance_id.in_(sorted(set(instance_ids))))
+                     .values(last_synced_at=now))
+    return summary
+
+
+def _plan(
+    rows: Sequence[Row[tuple[object, ...]]], now: dt.datetime, pol: policy.Policy,
+    summary: Summary,
+) -> list[Change]:
+    changes: list[Change] = []
+    for row in rows:
+        summary.drifted += 1
+        desired = _desired(row)
+        if desired.credits_total is None:
+            summary.plan_missing += 1
+            summary.missing_plans.add(desired.plan_id)
+        steps = policy.transition(_numbers(row), desired, now, pol)
+        if steps:
+            changes.append(Change(row._mapping["instance_id"], tuple(steps)))
+    return changes
+
+
+def _apply(
+    conn: Connection,
+    changes: Sequence[Change],
+    rows: Sequence[Row[tuple[object, ...]]],
+    now: dt.datetime,
+    actor: str,
+    correlation: str,
+) -> set[str]:
+    """Write `changes` guarded by the versions read; return the ids actually written."""
+    versions = {row._mapping["instance_id"]: row._mapping["version"] for row in rows}
+    updates = [
+        {"instance_id": c.instance_id, "version": versions[c.instance_id],
+         "plan_id": c.after.plan_id, "credits_total": c.after.credits_total,
+         "credits_used_month": c.after.credits_used, "period_start": c.after.period_start,
+         "period_end": c.after.period_end, "applied_rev": c.after.applied_rev}
+        for c in changes
+    ]
+    entries = [
+        ledger_row(c.instance_id, step, now, actor, correlation)
+        for c in changes for step in c.steps
+    ]
+    if database.is_sqlite(conn):
+        return _apply_sqlite(conn, updates, entries, now)
+    return _apply_postgres(conn, updates, entries, now)
+
+
+def ledger_row(
+    instance_id: str, step: policy.Step, now: dt.datetime, actor: str, correlation: str | None
+) -> dict[str, object]:
+    """The ledger row that records `step`."""
+    return {
+        "instance_id": instance_id, "at": now, "kind": step.kind, "actor": actor,
+        "correlation_id": correlation, "plan_before": step.before.plan_id,
+        "plan_after": step.after.plan_id,
+        "credits_total_before": step.before.credits_total,
+        "credits_total_after": step.after.credits_total,
+        "credits_used_before": step.before.credits_used,
+        "credits_used_after": step.after.credits_used,
+        "bonus_before": step.before.bonus_credits, "bonus_after": step.after.bonus_credits,
+        "reason": step.reason,
+    }
+
+
+def _apply_sqlite(
+    conn: Connection, updates: list[dict[str, object]], entries: list[dict[str, object]],
+    now: dt.datetime,
+) -> set[str]:
+    # BEGIN IMMEDIATE: no other writer ran since this transaction read the rows, so the
+    # version guard cannot fail here; it stays for symmetry with PostgreSQL.
+    statement = (
+        _i.update()
+        .where(_i.c.instance_id == sa.bindparam("b_id"), _i.c.version == sa.bindparam("b_ver"))
+        .values(
+            plan_id=sa.bindparam("plan_id"), credits_total=sa.bindparam("credits_total"),
+            credits_used_month=sa.bindparam("credits_used_month"),
+            period_start=sa.bindparam("period_start"), period_end=sa.bindparam("period_end"),
+            applied_rev=sa.bindparam("applied_rev"), version=_i.c.version + 1,
+            updated_at=now, last_synced_at=now,
+        )
+    )
+    params = [{**u, "b_id": u["instance_id"], "b_ver": u["version"]} for u in updates]
+    result = conn.execute(statement, params)
+    if result.rowcount != len(updates):
+        raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
+    conn.execute(_ledger.insert(), entries)
+    return {str(u["instance_id"]) for u in updates}
+
+
+_PG_APPLY = sa.text("""
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:updates AS jsonb)) AS v(
+        instance_id text, version int, plan_id text, credits_total bigint,
+        credits_used_month bigint, period_start timestamptz, period_end timestamptz,
+        applied_rev int)
+), u AS (
+    UPDATE instances AS i SET
+        plan_id = v.plan_id, credits_total = v.credits_total,
+        credits_used_month = v.credits_used_month, period_start = v.period_start,
+        period_end = v.period_end, applied_rev = v.applied_rev, version = i.version + 1,
+        updated_at = :now, last_synced_at = :now
+    FROM v WHERE i.instance_id = v.instance_id AND i.version = v.version
+    RETURNING i.instance_id
+), l AS (
+    INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
+        credits_total_before, credits_total_after, credits_used_before, credits_used_after,
+        bonus_before, bonus_after, reason)
+    SELECT e.instance_id, :now, e.kind, e.actor, e.correlation_id, e.plan_before,
+        e.plan_after, e.credits_total_before, e.credits_total_after, e.credits_used_before,
+        e.credits_used_after, e.bonus_before, e.bonus_after, e.reason
+    FROM jsonb_to_recordset(CAST(:entries AS jsonb)) WITH ORDINALITY AS e(
+        instance_id text, kind text, actor text, correlation_id text, plan_before text,
+        plan_after text, credits_total_before bigint, credits_total_after bigint,
+        credits_used_before bigint, credits_used_after bigint, bonus_before bigint,
+        bonus_after bigint, reason text, n bigint)
+    JOIN u ON u.instance_id = e.instance_id
+    ORDER BY e.n
+)
+SELECT instance_id FROM u
+""")
+
+
+def _apply_postgres(
+    conn: Connection, updates: list[dict[str, object]], entries: list[dict[str, object]],
+    now: dt.datetime,
+) -> set[str]:
+    payload = json.dumps(updates, default=_iso)
+    ledger_payload = json.dumps([{k: v for k, v in e.items() if k != "at"} for e in entries],
+                                default=_iso)
+    result = conn.execute(_PG_APPLY, {"updates": payload, "entries": ledger_payload, "now": now})
+    return {row[0] for row in result}
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _touch(engine: Engine, instance_ids: Sequence[str], now: dt.datetime) -> None:
+    """Mark explicitly synced instances as verified now (a one-instance sync's answer)."""
+    with database.write(engine) as conn:
+        for chunk in _id_chunks(instance_ids, 5000):
+            assert chunk is not None
+            conn.execute(_i.update().where(_i.c.instance_id.in_(chunk))
+                         .values(last_synced_at=now))
+
+
+def _finish(engine: Engine, summary: Summary, error: str | None = None) -> None:
+    with database.write(engine) as conn:
+        conn.execute(_runs.update().where(_runs.c.id == summary.run_id).values(
+            finished_at=utcnow(), scanned=summary.scanned, drifted=summary.drifted,
+            repaired=summary.repaired, failed=summary.failed,
+            duration_ms=int(summary.duration_s * 1000), error=error,
+        ))
+
+
+def _log_change(change: Change, dry_run: bool) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    before, after = change.before, change.after
+    log.info(
+        "instance %s: %d → %d credits (plan %s, %s)%s", change.instance_id,
+        before.credits_total, after.credits_total, after.plan_id, change.kinds,
+        " [dry run]" if dry_run else "",
+        extra={"instance_id": change.instance_id, "kind": change.kinds,
+               "credits_before": before.credits_total, "credits_after": after.credits_total,
+               "plan": after.plan_id},
+    )
+
+
+def _run_fields(summary: Summary) -> dict[str, object]:
+    return {
+        "run_id": summary.run_id, "trigger": summary.trigger, "scanned": summary.scanned,
+        "drifted": summary.drifted, "repaired": summary.repaired, "failed": summary.failed,
+        "plan_missing": summary.plan_missing, "duration_s": round(summary.duration_s, 3),
+    }

@@ -1,0 +1,153 @@
+"""Instances: provisioning, and the read views (credits, history) apps and admins see.
+
+Reads never converge: `credits()` reports `inSync` from the same drift query the engine
+uses, and only provisioning (a write) converges at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from creditsync import catalog, convergence, policy
+from creditsync.storage import database, models
+
+_i = models.Instance.__table__
+_ledger = models.LedgerEntry.__table__
+_runs = models.SyncRun.__table__
+
+
+class UnknownInstance(LookupError):
+    """No instance with that id has been provisioned."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(
+            f"instance {instance_id} is not provisioned: call POST /api/provision first"
+        )
+        self.instance_id = instance_id
+
+
+@dataclass(frozen=True)
+class Credits:
+    """An instance's credits as apps see them (`GET /api/billing/credits`)."""
+
+    instance_id: str
+    plan: str
+    credits_total: int
+    bonus_credits: int
+    credits_used: int
+    credits_remaining: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+    in_sync: bool
+    last_synced_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One ledger row."""
+
+    id: int
+    at: dt.datetime
+    kind: str
+    actor: str
+    correlation_id: str | None
+    plan_before: str | None
+    plan_after: str
+    credits_total_before: int
+    credits_total_after: int
+    credits_used_before: int
+    credits_used_after: int
+    bonus_before: int
+    bonus_after: int
+    reason: str | None
+
+
+def remaining(credits_total: int, credits_used: int, bonus: int) -> int:
+    return max(credits_total - credits_used, 0) + bonus
+
+
+def provision(
+    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy,
+    actor: policy.Actor = "provision", correlation_id: str | None = None,
+) -> convergence.Summary:
+    """Create the instance if new (on the default plan), then converge it at once.
+
+    A purchase that arrived before the install is applied here, so the instance has its
+    paid credits the moment it exists.
+    """
+    with database.write(engine) as conn:
+        create_if_missing(conn, instance_id, now, actor, correlation_id)
+        return convergence.converge_in(
+            conn, [instance_id], trigger="provision", actor=actor,
+            correlation_id=correlation_id or f"provision:{instance_id}", now=now, pol=pol)
+
+
+def create_if_missing(
+    conn: Connection, instance_id: str, now: dt.datetime, actor: str,
+    correlation_id: str | None,
+) -> bool:
+    """Insert a new instance on the default plan with its `provision` ledger row."""
+    exists = conn.execute(sa.select(_i.c.instance_id).where(_i.c.instance_id == instance_id))
+    if exists.first() is not None:
+        return False
+    default = catalog.load(conn).default
+    start, end = policy.first_period(now)
+    conn.execute(_i.insert().values(
+        instance_id=instance_id, plan_id=default.id, credits_total=default.monthly_credits,
+        bonus_credits=0, credits_used_month=0, period_start=start, period_end=end,
+        applied_rev=0, version=0, created_at=now, updated_at=now, last_synced_at=now))
+    conn.execute(_ledger.insert().values(
+        instance_id=instance_id, at=now, kind="provision", actor=actor,
+        correlation_id=correlation_id, plan_before=None, plan_after=default.id,
+        credits_total_before=0, credits_total_after=default.monthly_credits,
+        credits_used_before=0, credits_used_after=0, bonus_before=0, bonus_after=0,
+        reason="new instance starts on the default plan"))
+    return True
+
+
+def credits(
+    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy
+) -> Credits:
+    with database.read(engine) as conn:
+        return credits_in(conn, instance_id, now=now, pol=pol)
+
+
+def credits_in(
+    conn: Connection, instance_id: str, *, now: dt.datetime, pol: policy.Policy
+) -> Credits:
+    row = conn.execute(sa.select(_i).where(_i.c.instance_id == instance_id)).first()
+    if row is None:
+        raise UnknownInstance(instance_id)
+    in_sync = not convergence.drifted_in(conn, [instance_id], now=now, pol=pol)
+    last_full = conn.execute(
+        sa.select(sa.func.max(_runs.c.started_at)).where(
+            _runs.c.scope == "all", _runs.c.error.is_(None), _runs.c.finished_at.is_not(None))
+    ).scalar_one()
+    synced = [t for t in (row.last_synced_at, last_full) if t is not None]
+    return Credits(
+        instance_id=row.instance_id, plan=row.plan_id, credits_total=row.credits_total,
+        bonus_credits=row.bonus_credits, credits_used=row.credits_used_month,
+        credits_remaining=remaining(row.credits_total, row.credits_used_month,
+                                    row.bonus_credits),
+        period_start=row.period_start, period_end=row.period_end, in_sync=in_sync,
+        last_synced_at=max(synced) if synced else None,
+    )
+
+
+def history(
+    engine: Engine, instance_id: str, *, limit: int = 50, before_id: int | None = None
+) -> list[HistoryEntry]:
+    """The instance's ledger, newest first; page with `before_id` (the last id seen)."""
+    query = sa.select(_ledger).where(_ledger.c.instance_id == instance_id)
+    if before_id is not None:
+        query = query.where(_ledger.c.id < before_id)
+    query = query.order_by(_ledger.c.id.desc()).limit(limit)
+    with database.read(engine) as conn:
+        return [
+            HistoryEntry(**{k: v for k, v in row._mapping.items() if k != "instance_id"})
+            for row in conn.execute(query)
+        ]

@@ -1,0 +1,60 @@
+"""The convergence lock: no two runners (operator or standalone) converge at once.
+
+PostgreSQL: a session advisory lock held on a dedicated connection. SQLite: an exclusive
+`flock` on a file beside the database. Both are non-blocking: a runner that does not get
+the lock skips its turn.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+ADVISORY_KEY = 0x63726564  # "cred"
+
+
+@contextmanager
+def convergence_lock(engine: Engine) -> Iterator[bool]:
+    """Yield True while this process holds the lock, False if another runner has it."""
+    if engine.dialect.name == "sqlite":
+        with _file_lock(engine) as held:
+            yield held
+        return
+    with engine.connect() as conn:
+        held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
+                                 {"k": ADVISORY_KEY}).scalar_one())
+        conn.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                conn.commit()
+
+
+@contextmanager
+def _file_lock(engine: Engine) -> Iterator[bool]:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True
+        return
+    path = Path(database).expanduser().resolve().with_suffix(".converge.lock")
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

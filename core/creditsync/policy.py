@@ -1,0 +1,142 @@
+"""The transition policy, as pure functions: desired plan, and what convergence changes.
+
+Nothing here touches the database. `convergence` reads rows, asks `transition` what an
+instance must become, and writes the answer; the tests' reference model uses the same
+definitions of desired state.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from dataclasses import dataclass, replace
+from typing import Literal
+
+UsagePolicy = Literal["Reset", "Preserve"]
+Kind = Literal[
+    "provision", "plan_change", "drift_repair", "period_reset", "usage", "adjustment", "expiry"
+]
+Actor = Literal["webhook", "timer", "manual", "provision", "admin", "cli"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How convergence treats usage and expiry (the `CreditSync` spec's knobs)."""
+
+    usage_on_plan_change: UsagePolicy = "Reset"
+    expiry_grace_period: dt.timedelta = dt.timedelta(0)
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The part of an instance that the ledger records and convergence changes."""
+
+    plan_id: str
+    credits_total: int
+    credits_used: int
+    bonus_credits: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+    applied_rev: int
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the subscription and the catalog say an instance must have now."""
+
+    plan_id: str
+    credits_total: int | None  # None: the plan is missing from the catalog
+    rev: int  # 0 when the instance has no subscription
+    event_time: dt.datetime | None  # the newest accepted event's operationTimeStamp
+    expired: bool  # the subscription's paid time (plus grace) is over
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ledger-worthy change of an instance's numbers."""
+
+    kind: Kind
+    before: Numbers
+    after: Numbers
+    reason: str
+
+
+def desired_plan_id(
+    status: str | None,
+    plan_id: str | None,
+    expires_at: dt.datetime | None,
+    default_plan_id: str,
+    now: dt.datetime,
+    grace: dt.timedelta,
+) -> tuple[str, bool]:
+    """The plan an instance must be on now, and whether its subscription has expired."""
+    if status is None or plan_id is None or status == "removed":
+        return default_plan_id, False
+    if expires_at is not None and now >= expires_at + grace:
+        return default_plan_id, True
+    return plan_id, False
+
+
+def add_months(moment: dt.datetime, months: int) -> dt.datetime:
+    """`moment` shifted by whole calendar months, the day clamped to the month's length."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def first_period(start: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    return start, add_months(start, 1)
+
+
+def current_period(start: dt.datetime, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The monthly period, counted from `start`, that contains `now`."""
+    end = add_months(start, 1)
+    while end <= now:
+        start, end = end, add_months(end, 1)
+    return start, end
+
+
+def transition(
+    actual: Numbers, desired: Desired, now: dt.datetime, policy: Policy
+) -> list[Step]:
+    """The steps that converge `actual` to `desired` at `now`; empty when in sync.
+
+    1. a newly accepted purchase or plan change (`applied_rev != rev`) applies the plan;
+       usage resets and a period starts at the event time under `Reset`;
+    2. otherwise a plan or allocation that differs from desired is repaired, usage untouched;
+    3. a passed `period_end` resets usage and advances the period.
+    A plan missing from the catalog leaves plan and allocation as they are.
+    """
+    steps: list[Step] = []
+    current = actual
+    if desired.credits_total is not None:
+        target = replace(current, plan_id=desired.plan_id, credits_total=desired.credits_total)
+        if current.applied_rev != desired.rev:
+            target = replace(target, applied_rev=desired.rev)
+            if policy.usage_on_plan_change == "Reset":
+                start = desired.event_time or now
+                target = replace(target, credits_used=0, period_start=start,
+                                 period_end=add_months(start, 1))
+            steps.append(Step("plan_change", current, target,
+                              f"accepted subscription change (rev {desired.rev})"))
+            current = target
+        elif (current.plan_id, current.credits_total) != (target.plan_id, target.credits_total):
+            kind: Kind = "expiry" if desired.expired else "drift_repair"
+            reason = (
+                "subscription expired" if desired.expired
+                else _drift_reason(current, desired.plan_id, desired.credits_total)
+            )
+            steps.append(Step(kind, current, target, reason))
+            current = target
+    if now >= current.period_end:
+        start, end = current_period(current.period_end, now)
+        target = replace(current, credits_used=0, period_start=start, period_end=end)
+        steps.append(Step("period_reset", current, target, "monthly period ended"))
+    return steps
+
+
+def _drift_reason(actual: Numbers, plan_id: str, credits_total: int) -> str:
+    if actual.plan_id != plan_id:
+        return f"plan {actual.plan_id}, subscription says {plan_id}"
+    return f"credits_total {actual.credits_total}, plan {plan_id} pays {credits_total}"

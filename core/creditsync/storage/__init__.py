@@ -1,0 +1,1 @@
+"""Storage: the SQLAlchemy models, engine creation, and the Alembic-managed schema."""

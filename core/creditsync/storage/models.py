@@ -1,0 +1,201 @@
+"""SQLAlchemy 2 typed models: the tables every creditsync process shares.
+
+Schema changes go through Alembic migrations (`storage/migrations`), never `create_all`.
+Timestamps are timezone-aware UTC everywhere, SQLite included (`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores UTC; always returns aware UTC datetimes (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: creditsync stores aware UTC only")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+# BIGINT identity on PostgreSQL; SQLite's INTEGER PRIMARY KEY is its rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime()}
+
+
+class PlanRow(Base):
+    """The catalog every convergence reads."""
+
+    __tablename__ = "plans"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    monthly_credits: Mapped[int] = mapped_column(BigInteger)
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime]
+
+
+class Subscription(Base):
+    """Desired state, one row per instance, written only by ingress."""
+
+    __tablename__ = "subscriptions"
+
+    instance_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # active | cancelled | removed
+    expires_at: Mapped[dt.datetime | None]
+    rev: Mapped[int] = mapped_column(Integer, default=0)
+    source_time: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Instance(Base):
+    """Actual state of one app instance's credits."""
+
+    __tablename__ = "instances"
+
+    instance_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(String(100))
+    credits_total: Mapped[int] = mapped_column(BigInteger)
+    bonus_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_used_month: Mapped[int] = mapped_column(BigInteger, default=0)
+    period_start: Mapped[dt.datetime]
+    period_end: Mapped[dt.datetime]
+    applied_rev: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    last_synced_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        Index("ix_instances_period_end", "period_end"),
+        Index("ix_instances_plan_id", "plan_id"),
+    )
+
+
+class LedgerEntry(Base):
+    """Append-only credit history: one row per change to an instance's numbers."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(String(100))
+    at: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(String(20))
+    actor: Mapped[str] = mapped_column(String(20))
+    correlation_id: Mapped[str | None] = mapped_column(String(100))
+    plan_before: Mapped[str | None] = mapped_column(String(100))
+    plan_after: Mapped[str] = mapped_column(String(100))
+    credits_total_before: Mapped[int] = mapped_column(BigInteger)
+    credits_total_after: Mapped[int] = mapped_column(BigInteger)
+    credits_used_before: Mapped[int] = mapped_column(BigInteger)
+    credits_used_after: Mapped[int] = mapped_column(BigInteger)
+    bonus_before: Mapped[int] = mapped_column(BigInteger)
+    bonus_after: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_ledger_instance_id_id", "instance_id", "id"),
+        Index("ix_ledger_at", "at"),
+    )
+
+
+class WebhookEvent(Base):
+    """The inbox: every verified webhook, stored before it is acknowledged."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_id: Mapped[str] = mapped_column(String(100))
+    event_type: Mapped[str] = mapped_column(String(64))
+    product_id: Mapped[str | None] = mapped_column(String(200))
+    operation_time: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime | None]
+    applied_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        Index("ix_webhook_events_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_events_instance_id", "instance_id"),
+    )
+
+
+class SyncRun(Base):
+    """One convergence run and what it found."""
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(20))
+    scope: Mapped[str] = mapped_column(String(16), default="all")  # all | instances
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    scanned: Mapped[int] = mapped_column(Integer, default=0)
+    drifted: Mapped[int] = mapped_column(Integer, default=0)
+    repaired: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_sync_runs_started_at", "started_at"),)
+
+
+class UsageRequest(Base):
+    """Idempotency record of one successful consume: a replayed key returns it."""
+
+    __tablename__ = "usage_requests"
+
+    instance_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    from_plan: Mapped[int] = mapped_column(BigInteger)
+    from_bonus: Mapped[int] = mapped_column(BigInteger)
+    remaining_after: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime]

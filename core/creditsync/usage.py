@@ -1,0 +1,126 @@
+"""Usage: consume credits atomically and idempotently; plan credits first, then bonus."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from creditsync import convergence, instances, policy
+from creditsync.storage import database, models
+
+_i = models.Instance.__table__
+_ledger = models.LedgerEntry.__table__
+_keys = models.UsageRequest.__table__
+
+
+class InsufficientCredits(Exception):
+    """The instance has fewer credits left than asked for."""
+
+    def __init__(self, instance_id: str, requested: int, remaining: int) -> None:
+        super().__init__(
+            f"instance {instance_id} has {remaining} credits left, {requested} were asked for:"
+            " upgrade the plan or wait for the monthly reset"
+        )
+        self.requested = requested
+        self.remaining = remaining
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """The result of one consume; `replayed` when the key was seen before."""
+
+    instance_id: str
+    amount: int
+    from_plan: int
+    from_bonus: int
+    credits_remaining: int
+    replayed: bool = False
+
+
+def consume(
+    engine: Engine, instance_id: str, amount: int, idempotency_key: str, *,
+    now: dt.datetime, pol: policy.Policy,
+) -> Consumption:
+    """Charge `amount` credits once per `idempotency_key`."""
+    if amount <= 0:
+        raise ValueError(f"amount must be a positive integer, got {amount}")
+    if not idempotency_key:
+        raise ValueError("idempotencyKey must not be empty")
+    with database.write(engine) as conn:
+        row = _locked(conn, instance_id)
+        seen = conn.execute(sa.select(_keys).where(
+            _keys.c.instance_id == instance_id, _keys.c.idempotency_key == idempotency_key
+        )).first()
+        if seen is not None:
+            return Consumption(instance_id, seen.amount, seen.from_plan, seen.from_bonus,
+                               seen.remaining_after, replayed=True)
+        if row.period_end <= now:  # the monthly reset is due: apply it before charging
+            convergence.converge_in(conn, [instance_id], trigger="usage", actor="timer",
+                                    correlation_id=idempotency_key, now=now, pol=pol)
+            row = _locked(conn, instance_id)
+        plan_left = max(row.credits_total - row.credits_used_month, 0)
+        left = plan_left + row.bonus_credits
+        if amount > left:
+            raise InsufficientCredits(instance_id, amount, left)
+        from_plan = min(amount, plan_left)
+        from_bonus = amount - from_plan
+        used_after, bonus_after = row.credits_used_month + from_plan, row.bonus_credits - from_bonus
+        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
+            credits_used_month=used_after, bonus_credits=bonus_after,
+            version=_i.c.version + 1, updated_at=now))
+        conn.execute(_ledger.insert().values(
+            instance_id=instance_id, at=now, kind="usage", actor="provision",
+            correlation_id=idempotency_key, plan_before=row.plan_id, plan_after=row.plan_id,
+            credits_total_before=row.credits_total, credits_total_after=row.credits_total,
+            credits_used_before=row.credits_used_month, credits_used_after=used_after,
+            bonus_before=row.bonus_credits, bonus_after=bonus_after, reason=None))
+        result = Consumption(instance_id, amount, from_plan, from_bonus, left - amount)
+        conn.execute(_keys.insert().values(
+            instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
+            from_plan=from_plan, from_bonus=from_bonus, remaining_after=result.credits_remaining,
+            created_at=now))
+        return result
+
+
+def adjust_bonus(
+    engine: Engine, instance_id: str, delta: int, reason: str, *, now: dt.datetime,
+    actor: policy.Actor = "admin",
+) -> instances.HistoryEntry:
+    """Grant (or take back) bonus credits; the reconciler never touches them."""
+    if not reason or not reason.strip():
+        raise ValueError("reason must say why the bonus credits change")
+    if delta == 0:
+        raise ValueError("bonusCreditsDelta must not be 0")
+    with database.write(engine) as conn:
+        row = _locked(conn, instance_id)
+        after = row.bonus_credits + delta
+        if after < 0:
+            raise ValueError(
+                f"instance {instance_id} has {row.bonus_credits} bonus credits; "
+                f"taking {-delta} would make them negative"
+            )
+        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
+            bonus_credits=after, version=_i.c.version + 1, updated_at=now))
+        entry = conn.execute(_ledger.insert().values(
+            instance_id=instance_id, at=now, kind="adjustment", actor=actor,
+            correlation_id=None, plan_before=row.plan_id, plan_after=row.plan_id,
+            credits_total_before=row.credits_total, credits_total_after=row.credits_total,
+            credits_used_before=row.credits_used_month,
+            credits_used_after=row.credits_used_month, bonus_before=row.bonus_credits,
+            bonus_after=after, reason=reason.strip()).returning(*_ledger.c)).one()
+        return instances.HistoryEntry(
+            **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
+
+
+def _locked(conn: Connection, instance_id: str) -> sa.Row[tuple[object, ...]]:
+    """The instance row, locked against concurrent writers until commit."""
+    query = sa.select(_i).where(_i.c.instance_id == instance_id)
+    if not database.is_sqlite(conn):
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise instances.UnknownInstance(instance_id)
+    return row

@@ -1,0 +1,1 @@
+"""Test support code: a real kube-apiserver + etcd for tests (``kubecluster``)."""
