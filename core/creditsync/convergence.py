@@ -478,7 +478,7 @@ WITH v AS (
     SELECT e.instance_id, :now, e.kind, e.actor, e.correlation_id, e.plan_before,
         e.plan_after, e.credits_total_before, e.credits_total_after, e.credits_used_before,
         e.credits_used_after, e.bonus_before, e.bonus_after, e.reason
-    FROM jsonb_to_recordset(CAST(:entries AS jsonb)) WITH ORDINALITY AS e(
+    FROM jsonb_to_recordset(CAST(:entries AS jsonb)) AS e(
         instance_id text, kind text, actor text, correlation_id text, plan_before text,
         plan_after text, credits_total_before bigint, credits_total_after bigint,
         credits_used_before bigint, credits_used_after bigint, bonus_before bigint,
@@ -495,8 +495,9 @@ def _apply_postgres(
     now: dt.datetime,
 ) -> set[str]:
     payload = json.dumps(updates, default=_iso)
-    ledger_payload = json.dumps([{k: v for k, v in e.items() if k != "at"} for e in entries],
-                                default=_iso)
+    ledger_payload = json.dumps(
+        [{**{k: v for k, v in e.items() if k != "at"}, "n": n} for n, e in enumerate(entries)],
+        default=_iso)
     result = conn.execute(_PG_APPLY, {"updates": payload, "entries": ledger_payload, "now": now})
     return {row[0] for row in result}
 
