@@ -404,10 +404,8 @@ class KubeCluster:
                 str(apiserver),
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",  # else the host's IP lands in the endpoints
                 f"--secure-port={self._port}",
-                "--insecure-port=0",
-                f"--cert-dir={work / 'certs'}",
                 f"--tls-cert-file={work / 'apiserver.crt'}",
                 f"--tls-private-key-file={work / 'apiserver.key'}",
                 f"--token-auth-file={work / 'tokens.csv'}",

@@ -1,0 +1,79 @@
+"""The plan catalog: defaults, YAML files, and clear errors that change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from creditsync import catalog, plans
+from creditsync.storage import database
+from tests.core.helpers import T0
+
+
+def test_defaults_are_the_original_systems_plans() -> None:
+    cat = plans.DEFAULT_CATALOG
+    assert [(p.id, p.monthly_credits) for p in cat.plans] == [
+        ("free", 100), ("starter", 1000), ("pro", 5000), ("scale", 25000)]
+    assert cat.default.id == "free"
+
+
+def test_aliases_resolve_marketplace_product_ids(tmp_path: Path) -> None:
+    path = tmp_path / "plans.yaml"
+    path.write_text("plans:\n  - {id: free, monthlyCredits: 100, default: true}\n"
+                    "  - id: pro\n    monthlyCredits: 5000\n    aliases: [pro-monthly, pro-yearly]\n"
+                    "    displayName: Pro\n")
+    cat = plans.load_file(path)
+    assert cat.resolve("pro-yearly") == cat.resolve("pro") == plans.Plan(
+        "pro", 5000, ("pro-monthly", "pro-yearly"), "Pro")
+    assert cat.resolve("enterprise") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("plans:\n  - {id: free, monthlyCredits: -5, default: true}\n",
+         "plan free: monthlyCredits is -5; it must be >= 0"),
+        ("plans:\n  - {id: free, monthlyCredits: 100}\n",
+         "no default plan: mark exactly one plan with `default: true`"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true}\n"
+         "  - {id: pro, monthlyCredits: 5000, default: true}\n",
+         "plans free, pro are all marked default: keep exactly one"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true, aliases: [x]}\n"
+         "  - {id: pro, monthlyCredits: 5000, aliases: [x]}\n",
+         "plan pro: alias 'x' is already used by plan free"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true, credits: 3}\n",
+         "plan free: unknown key(s) credits; allowed: aliases, default, displayName, id, "
+         "monthlyCredits"),
+        ("plans:\n  - {id: free, monthlyCredits: lots, default: true}\n",
+         "plan free: monthlyCredits must be an integer, got 'lots'"),
+        ("tiers: []\n", "expected a single top-level key `plans` holding a list"),
+    ],
+)
+def test_bad_catalogs_say_what_is_wrong(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "plans.yaml"
+    path.write_text(body)
+    with pytest.raises(plans.CatalogError) as error:
+        plans.load_file(path)
+    assert str(error.value).endswith(message)
+
+
+def test_an_invalid_change_writes_nothing(engine: Engine) -> None:
+    with database.write(engine) as conn:
+        before = catalog.read_plans(conn)
+    with pytest.raises(plans.CatalogError, match="starter, free are all marked default|"
+                       "free, starter are all marked default"), database.write(engine) as conn:
+        catalog.upsert(conn, plans.Plan("starter", 1000, default=True), T0)
+    with database.read(engine) as conn:
+        assert catalog.read_plans(conn) == before
+
+
+def test_replace_reports_what_changed(engine: Engine) -> None:
+    new = plans.Catalog((plans.Plan("free", 200, default=True), plans.Plan("pro", 5000),
+                         plans.Plan("team", 9000)))
+    with database.write(engine) as conn:
+        change = catalog.replace(conn, new, T0)
+    assert change == catalog.CatalogChange(("team",), ("free", "pro"), ("scale", "starter"))
+    with database.read(engine) as conn:
+        assert catalog.load(conn) == new
