@@ -68,7 +68,7 @@ ensure_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
   done
   ((${#missing[@]})) || return 0
-  [[ -n $(apt-cache policy "${missing[0]}" 2>/dev/null | grep Candidate:) ]] || apt_update
+  [[ $(apt-cache policy "${missing[0]}" 2>/dev/null) == *Candidate:* ]] || apt_update
   log "apt-get install ${missing[*]}"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CACHE/apt-install.log" 2>&1 \
     || { tail -n 20 "$CACHE/apt-install.log" >&2; die "apt-get install failed (log: $CACHE/apt-install.log)"; }

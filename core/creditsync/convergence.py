@@ -131,6 +131,16 @@ def _drift_query(
     return query, drift
 
 
+def drift_select(
+    cat: plans.Catalog, now: dt.datetime, pol: policy.Policy
+) -> tuple[sa.Select[tuple[object, ...]], sa.ColumnElement[bool]]:
+    """Instances outer-joined with their subscription and desired state, and the drift test.
+
+    For reports (admin listing, stats) that filter with the engine's own definition of drift.
+    """
+    return _drift_query(cat, now, pol)
+
+
 def _numbers(row: Row[tuple[object, ...]]) -> policy.Numbers:
     m = row._mapping
     return policy.Numbers(

@@ -10,7 +10,10 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from creditsync import config
 
 UsagePolicy = Literal["Reset", "Preserve"]
 Kind = Literal[
@@ -25,6 +28,12 @@ class Policy:
 
     usage_on_plan_change: UsagePolicy = "Reset"
     expiry_grace_period: dt.timedelta = dt.timedelta(0)
+
+
+def from_settings(settings: config.Settings) -> Policy:
+    """The policy a process configured from the environment converges with."""
+    usage: UsagePolicy = "Preserve" if settings.usage_on_plan_change == "Preserve" else "Reset"
+    return Policy(usage, settings.expiry_grace_period)
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ def transition(
         if current.applied_rev != desired.rev:
             target = replace(target, applied_rev=desired.rev)
             if policy.usage_on_plan_change == "Reset":
-                start = desired.event_time or now
+                # the period starts at the purchase; never in the future (clock skew)
+                start = min(desired.event_time or now, now)
                 target = replace(target, credits_used=0, period_start=start,
                                  period_end=add_months(start, 1))
             steps.append(Step("plan_change", current, target,

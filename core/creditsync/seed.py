@@ -18,6 +18,7 @@ from creditsync.storage import database
 
 # instance n (1..N): n % 10 in 0..5 → default plan, 6-7 → starter, 8 → pro, 9 → scale
 PAID = {6: "starter", 7: "starter", 8: "pro", 9: "scale"}
+STRIDES = (1_000_003, 1_000_033)
 
 
 def drifted_count(instances: int, percent: float) -> int:
@@ -68,8 +69,10 @@ def seed(
         f"WHEN {k} THEN {credit_of[v]}" for k, v in paid.items()
     ) + f" ELSE {default.monthly_credits} END"
     paid_keys = ", ".join(str(k) for k in paid) or "-1"
-    # evenly spread: n is drifted when floor(n*D/N) steps up at n
-    is_drifted = "((n * :d) / :total) > (((n - 1) * :d) / :total)"
+    # n -> (n * P) mod N permutes 1..N (P a prime not dividing N), so exactly D rows
+    # satisfy "< D", scattered over every plan
+    stride = next(p for p in STRIDES if instances % p)
+    is_drifted = f"((n * {stride}) % :total) < :d"
     instance_sql = f"""
         {sql['series']}
         INSERT INTO instances (instance_id, plan_id, credits_total, bonus_credits,

@@ -64,7 +64,7 @@ class KubeClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class Identity:
-    """A static-token identity and (once the cluster runs) its kubeconfig file."""
+    """A static-token identity (its kubeconfig is ``KubeCluster.kubeconfig(name)``)."""
 
     name: str
     token: str

@@ -24,19 +24,13 @@ class Context:
 
     @property
     def pol(self) -> policy.Policy:
-        return policy_of(self.settings)
+        return policy.from_settings(self.settings)
 
     def require_schema(self) -> None:
         try:
             schema.require_current(self.engine)
         except schema.SchemaOutdated as exc:
             raise click.ClickException(str(exc)) from exc
-
-
-def policy_of(settings: config.Settings) -> policy.Policy:
-    usage: policy.UsagePolicy = "Preserve" if settings.usage_on_plan_change == "Preserve" \
-        else "Reset"
-    return policy.Policy(usage, settings.expiry_grace_period)
 
 
 pass_context = click.make_pass_decorator(Context)
