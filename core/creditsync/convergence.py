@@ -141,22 +141,25 @@ def drift_select(
     return _drift_query(cat, now, pol)
 
 
-def _numbers(row: Row[tuple[object, ...]]) -> policy.Numbers:
-    m = row._mapping
-    return policy.Numbers(
-        plan_id=m["plan_id"], credits_total=m["credits_total"],
-        credits_used=m["credits_used_month"], bonus_credits=m["bonus_credits"],
-        period_start=m["period_start"], period_end=m["period_end"],
-        applied_rev=m["applied_rev"],
-    )
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One row of the drift query: an instance's actual and desired state."""
+
+    instance_id: str
+    version: int
+    actual: policy.Numbers
+    desired: policy.Desired
 
 
-def _desired(row: Row[tuple[object, ...]]) -> policy.Desired:
-    m = row._mapping
-    return policy.Desired(
-        plan_id=m["desired_plan"], credits_total=m["desired_credits"], rev=m["rev"],
-        event_time=m["source_time"], expired=bool(m["expired"]),
-    )
+def _candidates(rows: Sequence[Row[tuple[object, ...]]]) -> list[Candidate]:
+    out: list[Candidate] = []
+    for (instance_id, version, plan_id, total, used, bonus, start, end, applied, rev,
+         source_time, expired, desired_plan, desired_credits) in rows:
+        out.append(Candidate(
+            instance_id, version,
+            policy.Numbers(plan_id, total, used, bonus, start, end, applied),
+            policy.Desired(desired_plan, desired_credits, rev, source_time, bool(expired))))
+    return out
 
 
 def _drifted_batch(
@@ -167,23 +170,22 @@ def _drifted_batch(
     ids: Sequence[str] | None,
     after: str | None,
     batch_size: int,
-) -> Sequence[Row[tuple[object, ...]]]:
+) -> list[Candidate]:
     query, drift = _drift_query(cat, now, pol)
     query = query.where(drift)
     if ids is not None:
         query = query.where(_i.c.instance_id.in_(ids))
     if after is not None:
         query = query.where(_i.c.instance_id > after)
-    return conn.execute(query.order_by(_i.c.instance_id).limit(batch_size)).all()
+    return _candidates(conn.execute(query.order_by(_i.c.instance_id).limit(batch_size)).all())
 
 
-def _drift(row: Row[tuple[object, ...]], now: dt.datetime, pol: policy.Policy) -> Drift:
-    m = row._mapping
-    steps = policy.transition(_numbers(row), _desired(row), now, pol)
-    reason = "plan_missing" if m["desired_credits"] is None else (
+def _drift(row: Candidate, now: dt.datetime, pol: policy.Policy) -> Drift:
+    steps = policy.transition(row.actual, row.desired, now, pol)
+    reason = "plan_missing" if row.desired.credits_total is None else (
         ",".join(step.kind for step in steps) or "in_sync")
-    return Drift(m["instance_id"], m["plan_id"], m["desired_plan"], m["credits_total"],
-                 m["desired_credits"], reason)
+    return Drift(row.instance_id, row.actual.plan_id, row.desired.plan_id,
+                 row.actual.credits_total, row.desired.credits_total, reason)
 
 
 def scan(
@@ -206,7 +208,7 @@ def scan(
             yield from (_drift(row, now, pol) for row in rows)
             if len(rows) < batch_size:
                 break
-            after = rows[-1]._mapping["instance_id"]
+            after = rows[-1].instance_id
 
 
 def drifted_in(
@@ -318,7 +320,7 @@ def _run_pass(
                 progress(len(rows))
             if len(rows) < batch_size:
                 break
-            after = rows[-1]._mapping["instance_id"]
+            after = rows[-1].instance_id
     return conflicts
 
 
@@ -332,7 +334,7 @@ def _converge_batch(
     actor: policy.Actor,
     correlation: str,
     summary: Summary,
-) -> tuple[Sequence[Row[tuple[object, ...]]], list[Change], set[str]]:
+) -> tuple[list[Candidate], list[Change], set[str]]:
     cat = catalog.load(conn)
     rows = _drifted_batch(conn, cat, now, pol, ids, after, batch_size)
     changes = _plan(rows, now, pol, summary)
@@ -383,32 +385,30 @@ def converge_in(
 
 
 def _plan(
-    rows: Sequence[Row[tuple[object, ...]]], now: dt.datetime, pol: policy.Policy,
-    summary: Summary,
+    rows: Sequence[Candidate], now: dt.datetime, pol: policy.Policy, summary: Summary,
 ) -> list[Change]:
     changes: list[Change] = []
     for row in rows:
         summary.drifted += 1
-        desired = _desired(row)
-        if desired.credits_total is None:
+        if row.desired.credits_total is None:
             summary.plan_missing += 1
-            summary.missing_plans.add(desired.plan_id)
-        steps = policy.transition(_numbers(row), desired, now, pol)
+            summary.missing_plans.add(row.desired.plan_id)
+        steps = policy.transition(row.actual, row.desired, now, pol)
         if steps:
-            changes.append(Change(row._mapping["instance_id"], tuple(steps)))
+            changes.append(Change(row.instance_id, tuple(steps)))
     return changes
 
 
 def _apply(
     conn: Connection,
     changes: Sequence[Change],
-    rows: Sequence[Row[tuple[object, ...]]],
+    rows: Sequence[Candidate],
     now: dt.datetime,
     actor: str,
     correlation: str,
 ) -> set[str]:
     """Write `changes` guarded by the versions read; return the ids actually written."""
-    versions = {row._mapping["instance_id"]: row._mapping["version"] for row in rows}
+    versions = {row.instance_id: row.version for row in rows}
     updates = [
         {"instance_id": c.instance_id, "version": versions[c.instance_id],
          "plan_id": c.after.plan_id, "credits_total": c.after.credits_total,
