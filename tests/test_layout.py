@@ -15,7 +15,8 @@ def test_source_folders_are_not_packages() -> None:
         assert not (ROOT / folder / "__init__.py").exists(), folder
     import operator
 
-    assert operator.__file__ is not None and "site-packages" not in operator.__file__
+    assert operator.__file__ is not None
+    assert "site-packages" not in operator.__file__
     assert hasattr(operator, "itemgetter")
 
 

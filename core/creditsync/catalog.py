@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from creditsync import plans
 from creditsync.storage import models
 
-_plans = models.PlanRow.__table__
+_plans = models.PLANS
 
 
 @dataclass(frozen=True)

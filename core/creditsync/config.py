@@ -59,7 +59,7 @@ class Settings:
         missing = [
             name
             for name, value in (
-                ("CREDITSYNC_WIX_PUBLIC_KEY (or CREDITSYNC_WIX_PUBLIC_KEY_FILE)", self.wix_public_key),
+                ("CREDITSYNC_WIX_PUBLIC_KEY (or _FILE)", self.wix_public_key),
                 ("CREDITSYNC_APP_SECRET", self.app_secret),
                 ("CREDITSYNC_ADMIN_TOKEN", self.admin_token),
             )

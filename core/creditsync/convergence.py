@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
@@ -26,10 +27,10 @@ from creditsync.storage import database, models
 
 log = logging.getLogger("creditsync.convergence")
 
-_i = models.Instance.__table__
-_s = models.Subscription.__table__
-_ledger = models.LedgerEntry.__table__
-_runs = models.SyncRun.__table__
+_i = models.INSTANCES
+_s = models.SUBSCRIPTIONS
+_ledger = models.LEDGER
+_runs = models.SYNC_RUNS
 
 MAX_CONFLICT_ROUNDS = 5
 KEEP_CHANGES = 1000
@@ -151,10 +152,11 @@ class Candidate:
     desired: policy.Desired
 
 
-def _candidates(rows: Sequence[Row[tuple[object, ...]]]) -> list[Candidate]:
+def _candidates(rows: Sequence[Row[Any]]) -> list[Candidate]:
     out: list[Candidate] = []
-    for (instance_id, version, plan_id, total, used, bonus, start, end, applied, rev,
-         source_time, expired, desired_plan, desired_credits) in rows:
+    for row in rows:
+        (instance_id, version, plan_id, total, used, bonus, start, end, applied, rev,
+         source_time, expired, desired_plan, desired_credits) = cast("tuple[Any, ...]", row)
         out.append(Candidate(
             instance_id, version,
             policy.Numbers(plan_id, total, used, bonus, start, end, applied),
@@ -225,10 +227,11 @@ def count_instances(engine: Engine, instance_ids: Sequence[str] | None = None) -
     with database.read(engine) as conn:
         if instance_ids is None:
             return int(conn.execute(query).scalar_one())
-        return sum(
-            int(conn.execute(query.where(_i.c.instance_id.in_(chunk))).scalar_one())
-            for chunk in _id_chunks(instance_ids, 5000)
-        )
+        total = 0
+        for chunk in _id_chunks(instance_ids, 5000):
+            assert chunk is not None
+            total += int(conn.execute(query.where(_i.c.instance_id.in_(chunk))).scalar_one())
+        return total
 
 
 def _id_chunks(

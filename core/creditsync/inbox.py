@@ -24,8 +24,8 @@ from creditsync import catalog, convergence, instances, policy, subscriptions
 from creditsync.storage import database, models
 
 log = logging.getLogger("creditsync.inbox")
-_e = models.WebhookEvent.__table__
-_i = models.Instance.__table__
+_e = models.WEBHOOK_EVENTS
+_i = models.INSTANCES
 
 MAX_ATTEMPTS = 8
 STATUSES = ("applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending")

@@ -15,9 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 from creditsync import catalog, convergence, policy
 from creditsync.storage import database, models
 
-_i = models.Instance.__table__
-_ledger = models.LedgerEntry.__table__
-_runs = models.SyncRun.__table__
+_i = models.INSTANCES
+_ledger = models.LEDGER
+_runs = models.SYNC_RUNS
 
 
 class UnknownInstance(LookupError):

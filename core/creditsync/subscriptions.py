@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from creditsync.storage import models
 
-_s = models.Subscription.__table__
+_s = models.SUBSCRIPTIONS
 
 PURCHASES = frozenset({"PaidPlanPurchased", "PaidPlanChanged"})
 # Events that confirm the plan the instance is on (no new purchase): a rev bump only

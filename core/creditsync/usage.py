@@ -11,9 +11,9 @@ from sqlalchemy.engine import Connection, Engine
 from creditsync import convergence, instances, policy
 from creditsync.storage import database, models
 
-_i = models.Instance.__table__
-_ledger = models.LedgerEntry.__table__
-_keys = models.UsageRequest.__table__
+_i = models.INSTANCES
+_ledger = models.LEDGER
+_keys = models.USAGE_REQUESTS
 
 
 class InsufficientCredits(Exception):

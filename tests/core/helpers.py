@@ -26,14 +26,14 @@ def accept(engine: Engine, instance_id: str, event_type: str, at: dt.datetime,
 
 
 def instance(engine: Engine, instance_id: str) -> sa.Row[tuple[object, ...]]:
-    table = models.Instance.__table__
+    table = models.INSTANCES
     with database.read(engine) as conn:
         return conn.execute(sa.select(table).where(table.c.instance_id == instance_id)).one()
 
 
 def hand_edit(engine: Engine, instance_id: str, **values: object) -> None:
     """Change an instance behind creditsync's back (the drift the original bug left)."""
-    table = models.Instance.__table__
+    table = models.INSTANCES
     with database.write(engine) as conn:
         conn.execute(table.update().where(table.c.instance_id == instance_id).values(**values))
 

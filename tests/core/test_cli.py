@@ -31,17 +31,21 @@ def test_seed_check_sync_check(db_url: str) -> None:
     report = run(db_url, "check", "--json")
     assert report.returncode == 1
     document = json.loads(report.stdout)
-    assert document["scanned"] == 250 and len(document["drifted"]) == 25
+    assert document["scanned"] == 250
+    assert len(document["drifted"]) == 25
     stuck = next(d for d in document["drifted"] if d["desiredPlan"] != "free")
-    assert stuck["actualPlan"] == "free" and stuck["actualCreditsTotal"] == 100
+    assert stuck["actualPlan"] == "free"
+    assert stuck["actualCreditsTotal"] == 100
     assert stuck["desiredCreditsTotal"] in (1000, 5000, 25000)
     assert stuck["reason"] == "drift_repair"
     table = run(db_url, "check")
-    assert table.returncode == 1 and "DESIRED PLAN" in table.stdout
+    assert table.returncode == 1
+    assert "DESIRED PLAN" in table.stdout
     assert "25 drifted; run `creditsync sync --all` to repair" in table.stderr
 
     dry = run(db_url, "sync", "--all", "--dry-run", check=True)
-    assert "would repair 25" in dry.stdout and "free → " in dry.stdout
+    assert "would repair 25" in dry.stdout
+    assert "free → " in dry.stdout
     assert run(db_url, "check").returncode == 1
     done = run(db_url, "--log-json", "sync", "--all", check=True)
     assert "repaired 25, failed 0" in done.stdout
@@ -76,7 +80,8 @@ def test_plans_apply_validates_and_converges(db_url: str, tmp_path: Path) -> Non
 def test_sync_needs_a_scope_and_a_current_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/empty.db"
     usage = run(url, "sync")
-    assert usage.returncode == 2 and "--all, or --instance ID" in usage.stderr
+    assert usage.returncode == 2
+    assert "--all, or --instance ID" in usage.stderr
     outdated = run(url, "check")
     assert outdated.returncode == 1
     assert "run `creditsync db upgrade`" in outdated.stderr

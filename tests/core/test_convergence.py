@@ -12,8 +12,8 @@ from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, RESET, T0, accept, count, hand_edit, instance
 from tests.support.ledger import assert_ledger_replays
 
-LEDGER = models.LedgerEntry.__table__
-RUNS = models.SyncRun.__table__
+LEDGER = models.LEDGER
+RUNS = models.SYNC_RUNS
 
 
 def converge(engine: Engine, now: object = None, **kw: object) -> convergence.Summary:
@@ -138,7 +138,8 @@ def test_runs_are_recorded_and_batches_cover_everything(engine: Engine) -> None:
         run = conn.execute(sa.select(RUNS).where(RUNS.c.id == summary.run_id)).one()
     assert (run.trigger, run.scope, run.scanned, run.drifted, run.repaired, run.failed) == (
         "timer", "all", 50, 10, 10, 0)
-    assert run.finished_at is not None and run.error is None
+    assert run.finished_at is not None
+    assert run.error is None
     assert_ledger_replays(engine, chain=False)
 
 

@@ -13,7 +13,7 @@ from creditsync.storage import database, models
 from creditsync.usage import adjust_bonus, consume
 from tests.core.helpers import DAY, HOUR, RESET, T0, instance
 
-EVENTS = models.WebhookEvent.__table__
+EVENTS = models.WEBHOOK_EVENTS
 
 
 def event(kind: str, at: dt.datetime, product: str | None = "pro", instance_id: str = "w",
@@ -65,7 +65,7 @@ def test_a_failed_apply_stays_pending_and_is_retried_with_backoff(engine: Engine
     instances.provision(engine, "w", now=T0, pol=RESET)
     with database.write(engine) as conn:
         saved = catalog.read_plans(conn)
-        conn.execute(models.PlanRow.__table__.delete())  # the catalog is gone: apply fails
+        conn.execute(models.PLANS.delete())  # the catalog is gone: apply fails
     receipt = ingest(engine, event("PaidPlanPurchased", T0))
     assert receipt.status == "pending"
     with database.read(engine) as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -23,6 +24,7 @@ def desired(plan: str = "free", total: int | None = 100, rev: int = 1,
 
 
 RESET = policy.Policy("Reset")
+FEB9 = dt.datetime(2026, 2, 9, 12, tzinfo=dt.UTC)
 PRESERVE = policy.Policy("Preserve")
 
 
@@ -33,7 +35,7 @@ PRESERVE = policy.Policy("Preserve")
         pytest.param(
             numbers(rev=1), desired("pro", 5000, rev=2, event=T0 - DAY), RESET,
             ["plan_change"],
-            policy.Numbers("pro", 5000, 0, 7, T0 - DAY, dt.datetime(2026, 2, 9, 12, tzinfo=dt.UTC), 2),
+            policy.Numbers("pro", 5000, 0, 7, T0 - DAY, FEB9, 2),
             id="purchase-resets-usage-and-starts-period-at-event"),
         pytest.param(
             numbers(rev=1), desired("pro", 5000, rev=2), PRESERVE, ["plan_change"],
@@ -55,7 +57,7 @@ PRESERVE = policy.Policy("Preserve")
             id="expiry-falls-back-to-default"),
         pytest.param(
             numbers(end=T0 - DAY), desired(), RESET, ["period_reset"],
-            policy.Numbers("free", 100, 0, 7, T0 - DAY, dt.datetime(2026, 2, 9, 12, tzinfo=dt.UTC), 1),
+            policy.Numbers("free", 100, 0, 7, T0 - DAY, FEB9, 1),
             id="monthly-reset"),
         pytest.param(
             numbers(end=T0 - 40 * DAY), desired(), RESET, ["period_reset"],
@@ -68,7 +70,7 @@ PRESERVE = policy.Policy("Preserve")
         pytest.param(
             numbers(plan="free", total=100, rev=1, end=T0 - DAY), desired("pro", 5000, rev=1),
             PRESERVE, ["drift_repair", "period_reset"],
-            policy.Numbers("pro", 5000, 0, 7, T0 - DAY, dt.datetime(2026, 2, 9, 12, tzinfo=dt.UTC), 1),
+            policy.Numbers("pro", 5000, 0, 7, T0 - DAY, FEB9, 1),
             id="repair-and-reset-are-two-steps"),
     ],
 )
@@ -79,7 +81,7 @@ def test_transition(actual: policy.Numbers, want: policy.Desired, pol: policy.Po
     if after is not None:
         assert steps[-1].after == after
         assert steps[0].before == actual
-    for first, second in zip(steps, steps[1:], strict=False):
+    for first, second in itertools.pairwise(steps):
         assert first.after == second.before
 
 

@@ -101,10 +101,12 @@ def test_convergence_matches_the_reference_model(
         elif action == "advance":
             now += arg * HOUR
         elif action == "consume":
+            refused: usage.InsufficientCredits | None = None
             try:
                 usage.consume(engine, name, arg, uuid.uuid4().hex, now=now, pol=RESET)
             except usage.InsufficientCredits as exc:
-                assert exc.remaining < arg
+                refused = exc
+            assert refused is None or refused.remaining < arg
         else:
             convergence.converge(engine, trigger="timer", actor="timer", now=now,
                                  instance_ids=[name])
@@ -113,7 +115,7 @@ def test_convergence_matches_the_reference_model(
     want = reference_plan(accepted, now)
     assert (row.plan_id, row.credits_total) == (want, CREDITS[want])
     assert row.period_start <= now < row.period_end
-    assert 0 <= row.credits_used_month
+    assert row.credits_used_month >= 0
     again = convergence.converge(engine, trigger="timer", actor="timer", now=now,
                                  instance_ids=[name])
     assert again.repaired == 0

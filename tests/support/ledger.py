@@ -15,8 +15,8 @@ def assert_ledger_replays(engine: Engine, *, chain: bool = True) -> int:
     `chain=False` for tests that edit instances behind creditsync's back: such edits
     leave no ledger row, so only the final numbers can be compared.
     """
-    ledger = models.LedgerEntry.__table__
-    inst = models.Instance.__table__
+    ledger = models.LEDGER
+    inst = models.INSTANCES
     with database.read(engine) as conn:
         rows = conn.execute(sa.select(ledger).order_by(ledger.c.instance_id, ledger.c.id)).all()
         current = {r.instance_id: r for r in conn.execute(sa.select(inst))}

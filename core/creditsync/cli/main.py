@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 
 import click
 
 from creditsync import catalog, config, convergence, logs, runner
-from creditsync.cli import dev, drift, plans_cmd, webhooks
+from creditsync.cli import dev, drift, plans_cmd, serve, webhooks
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
 
@@ -61,24 +60,68 @@ def prepare_standalone(ctx: Context) -> None:
                      ctx.settings.plans_file or "the built-in defaults")
 
 
+_host = click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+_port = click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+_access_log = click.option("--access-log/--no-access-log", default=False, show_default=True,
+                           help="Log every HTTP request.")
+
+
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@_host
+@_port
 @click.option("--no-api", is_flag=True, help="Only the convergence loop, no HTTP server.")
+@click.option("--dev", is_flag=True,
+              help="Create local development keys in ./.creditsync-dev/ if missing, serve with "
+                   "them, and print commands to try.")
+@_access_log
 @pass_context
-def run(ctx: Context, host: str, port: int, no_api: bool) -> None:
-    """Standalone: convergence loop (once at start-up, then every CREDITSYNC_SYNC_INTERVAL)."""
+def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log: bool) -> None:
+    """Standalone: the API plus the convergence and retry loop (once at start-up, then
+    every CREDITSYNC_SYNC_INTERVAL; due inbox retries every few seconds)."""
+    if dev:
+        serve.use_dev_keys(ctx)
+    if not no_api:
+        serve.require_secrets(ctx)
     prepare_standalone(ctx)
     loop = runner.Runner(ctx.engine, ctx.pol, ctx.settings.sync_interval,
                          ctx.settings.batch_size)
     log.info("creditsync running on %s, converging every %ss",
              database.describe(ctx.settings.database_url),
              int(ctx.settings.sync_interval.total_seconds()))
-    stop = threading.Event()
-    loop.stopping = stop
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    loop.serve()
+    if no_api:
+        stop = threading.Event()
+        loop.stopping = stop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        loop.serve()
+        return
+    app = serve.build_app(ctx)
+    loop.on_run.append(app.state.creditsync.metrics.observe_run)
+    thread = loop.start()
+    if dev:
+        click.echo(serve.dev_banner(host, port))
+    try:
+        serve.serve(app, host, port, access_log)
+    finally:
+        loop.stopping.set()
+        thread.join(timeout=30)
+
+
+@cli.command()
+@_host
+@_port
+@_access_log
+@pass_context
+def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
+    """The API alone (the sidecar): webhooks, instance and admin endpoints, health, metrics.
+
+    Needs the secrets and a current schema (`creditsync db upgrade`); converges only what
+    its requests ask for (run the loop with `creditsync run --no-api` or the operator).
+    """
+    serve.require_secrets(ctx)
+    ctx.require_schema()
+    ctx.engine.dispose()  # the app builds its own pool
+    serve.serve(serve.build_app(ctx), host, port, access_log)
 
 
 cli.add_command(drift.check)
@@ -93,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

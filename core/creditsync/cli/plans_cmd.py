@@ -24,10 +24,10 @@ def group() -> None:
 def list_plans(ctx: Context, as_json: bool) -> None:
     """Show the catalog with how many instances are on each plan."""
     ctx.require_schema()
-    inst = models.Instance.__table__
+    inst = models.INSTANCES
     with database.read(ctx.engine) as conn:
         found = catalog.read_plans(conn)
-        counts = dict(conn.execute(
+        counts: dict[str, int] = dict(conn.execute(
             sa.select(inst.c.plan_id, sa.func.count()).group_by(inst.c.plan_id)).all())
     if as_json:
         click.echo(json.dumps({"plans": [

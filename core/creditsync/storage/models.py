@@ -7,7 +7,7 @@ Timestamps are timezone-aware UTC everywhere, SQLite included (`UTCDateTime`).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.engine import Dialect
@@ -60,7 +61,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dt.datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime()}
 
 
 class PlanRow(Base):
@@ -199,3 +200,19 @@ class UsageRequest(Base):
     from_bonus: Mapped[int] = mapped_column(BigInteger)
     remaining_after: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime]
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+# Core (not ORM) handles on the tables, for the set-based hot paths.
+PLANS = _table(PlanRow)
+SUBSCRIPTIONS = _table(Subscription)
+INSTANCES = _table(Instance)
+LEDGER = _table(LedgerEntry)
+WEBHOOK_EVENTS = _table(WebhookEvent)
+SYNC_RUNS = _table(SyncRun)
+USAGE_REQUESTS = _table(UsageRequest)
