@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from creditsync import config
@@ -36,9 +36,11 @@ def from_settings(settings: config.Settings) -> Policy:
     return Policy(usage, settings.expiry_grace_period)
 
 
-@dataclass(frozen=True)
-class Numbers:
-    """The part of an instance that the ledger records and convergence changes."""
+class Numbers(NamedTuple):
+    """The part of an instance that the ledger records and convergence changes.
+
+    Named tuples, not dataclasses: convergence builds millions of them.
+    """
 
     plan_id: str
     credits_total: int
@@ -49,8 +51,7 @@ class Numbers:
     applied_rev: int
 
 
-@dataclass(frozen=True)
-class Desired:
+class Desired(NamedTuple):
     """What the subscription and the catalog say an instance must have now."""
 
     plan_id: str
@@ -60,8 +61,7 @@ class Desired:
     expired: bool  # the subscription's paid time (plus grace) is over
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One ledger-worthy change of an instance's numbers."""
 
     kind: Kind
@@ -120,28 +120,32 @@ def transition(
     steps: list[Step] = []
     current = actual
     if desired.credits_total is not None:
-        target = replace(current, plan_id=desired.plan_id, credits_total=desired.credits_total)
         if current.applied_rev != desired.rev:
-            target = replace(target, applied_rev=desired.rev)
             if policy.usage_on_plan_change == "Reset":
                 # the period starts at the purchase; never in the future (clock skew)
                 start = min(desired.event_time or now, now)
-                target = replace(target, credits_used=0, period_start=start,
-                                 period_end=add_months(start, 1))
+                used, period = 0, (start, add_months(start, 1))
+            else:
+                used, period = current.credits_used, (current.period_start, current.period_end)
+            target = Numbers(desired.plan_id, desired.credits_total, used,
+                             current.bonus_credits, *period, desired.rev)
             steps.append(Step("plan_change", current, target,
                               f"accepted subscription change (rev {desired.rev})"))
             current = target
-        elif (current.plan_id, current.credits_total) != (target.plan_id, target.credits_total):
-            kind: Kind = "expiry" if desired.expired else "drift_repair"
-            reason = (
-                "subscription expired" if desired.expired
-                else _drift_reason(current, desired.plan_id, desired.credits_total)
-            )
-            steps.append(Step(kind, current, target, reason))
+        elif current.plan_id != desired.plan_id or current.credits_total != desired.credits_total:
+            target = Numbers(desired.plan_id, desired.credits_total, current.credits_used,
+                             current.bonus_credits, current.period_start, current.period_end,
+                             current.applied_rev)
+            if desired.expired:
+                steps.append(Step("expiry", current, target, "subscription expired"))
+            else:
+                steps.append(Step("drift_repair", current, target,
+                                  _drift_reason(current, desired.plan_id, desired.credits_total)))
             current = target
     if now >= current.period_end:
         start, end = current_period(current.period_end, now)
-        target = replace(current, credits_used=0, period_start=start, period_end=end)
+        target = Numbers(current.plan_id, current.credits_total, 0, current.bonus_credits,
+                         start, end, current.applied_rev)
         steps.append(Step("period_reset", current, target, "monthly period ended"))
     return steps
 

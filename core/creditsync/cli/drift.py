@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 
 import click
 
@@ -81,7 +80,7 @@ def sync(ctx: Context, all_: bool, instance_ids: tuple[str, ...], dry_run: bool,
             "drifted": summary.drifted, "repaired": summary.repaired, "failed": summary.failed,
             "planMissing": summary.plan_missing,
             "changes": [{"instanceId": c.instance_id, "kinds": c.kinds,
-                         "before": asdict(c.before), "after": asdict(c.after)}
+                         "before": c.before._asdict(), "after": c.after._asdict()}
                         for c in summary.changes],
         }, default=str))
         return

@@ -34,6 +34,9 @@ NAMING = {
 }
 
 
+_ZERO = dt.timedelta(0)
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Stores UTC; always returns aware UTC datetimes (SQLite keeps no zone of its own)."""
 
@@ -52,7 +55,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         assert isinstance(value, dt.datetime)
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        if value.tzinfo is dt.UTC:
+            return value
+        if value.tzinfo is None or value.utcoffset() == _ZERO:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 # BIGINT identity on PostgreSQL; SQLite's INTEGER PRIMARY KEY is its rowid.
@@ -90,6 +97,11 @@ class Subscription(Base):
     source_time: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
 
+    __table_args__ = (
+        Index("ix_subscriptions_desired", "instance_id", "plan_id", "status", "expires_at",
+              "rev"),
+    )
+
 
 class Instance(Base):
     """Actual state of one app instance's credits."""
@@ -112,6 +124,9 @@ class Instance(Base):
     __table_args__ = (
         Index("ix_instances_period_end", "period_end"),
         Index("ix_instances_plan_id", "plan_id"),
+        # covers the drift test, so a steady-state scan is index-only
+        Index("ix_instances_drift", "instance_id", "plan_id", "credits_total", "applied_rev",
+              "period_end"),
     )
 
 

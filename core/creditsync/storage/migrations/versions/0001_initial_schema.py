@@ -33,6 +33,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_instances_period_end', 'instances', ['period_end'], unique=False)
     op.create_index('ix_instances_plan_id', 'instances', ['plan_id'], unique=False)
+    op.create_index('ix_instances_drift', 'instances', ['instance_id', 'plan_id', 'credits_total', 'applied_rev', 'period_end'], unique=False)
 
     op.create_table('ledger',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -74,6 +75,7 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('instance_id', name=op.f('pk_subscriptions'))
     )
+    op.create_index('ix_subscriptions_desired', 'subscriptions', ['instance_id', 'plan_id', 'status', 'expires_at', 'rev'], unique=False)
     op.create_table('sync_runs',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('trigger', sa.String(length=20), nullable=False),
@@ -132,12 +134,14 @@ def downgrade() -> None:
     op.drop_index('ix_sync_runs_started_at', table_name='sync_runs')
 
     op.drop_table('sync_runs')
+    op.drop_index('ix_subscriptions_desired', table_name='subscriptions')
     op.drop_table('subscriptions')
     op.drop_table('plans')
     op.drop_index('ix_ledger_instance_id_id', table_name='ledger')
     op.drop_index('ix_ledger_at', table_name='ledger')
 
     op.drop_table('ledger')
+    op.drop_index('ix_instances_drift', table_name='instances')
     op.drop_index('ix_instances_plan_id', table_name='instances')
     op.drop_index('ix_instances_period_end', table_name='instances')
 
