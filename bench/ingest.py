@@ -44,6 +44,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request, Response
+
 HOST = "127.0.0.1"
 PLANS = ("starter", "pro", "scale")
 
@@ -52,8 +54,6 @@ PLANS = ("starter", "pro", "scale")
 
 
 def bare_app() -> Any:
-    from fastapi import FastAPI, Response
-
     app = FastAPI()
 
     @app.get("/healthz")
@@ -74,14 +74,11 @@ CREATE TABLE IF NOT EXISTS bench_floor (
 
 
 def floor_app(conninfo: str) -> Any:
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request, Response
     from psycopg_pool import AsyncConnectionPool
 
     pool = AsyncConnectionPool(conninfo, min_size=8, max_size=16, open=False)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         await pool.open(wait=True)
         yield
@@ -224,7 +221,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(command: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + 60

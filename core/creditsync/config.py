@@ -52,6 +52,7 @@ class Settings:
     instance_token_max_age: dt.timedelta = dt.timedelta(hours=24)
     alert_webhook_url: str | None = None
     alert_smtp_url: str | None = None
+    alert_throttle: dt.timedelta = dt.timedelta(minutes=15)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def require_secrets(self) -> None:
@@ -118,4 +119,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         instance_token_max_age=duration("CREDITSYNC_INSTANCE_TOKEN_MAX_AGE", "24h"),
         alert_webhook_url=env.get("CREDITSYNC_ALERT_WEBHOOK_URL") or None,
         alert_smtp_url=env.get("CREDITSYNC_ALERT_SMTP_URL") or None,
+        alert_throttle=duration("CREDITSYNC_ALERT_THROTTLE", "15m"),
     )

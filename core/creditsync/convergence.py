@@ -191,8 +191,10 @@ def _drifted_batch(
         found = conn.execute(find.order_by(_i.c.instance_id).limit(batch_size)).scalars().all()
         if not found:
             return []
-        # the same drifted rows, read in full: a key range, not a list of ids
-        query = query.where(_i.c.instance_id.between(found[0], found[-1]))
+        # read those rows in full; ids inlined as literals (thousands of bind parameters
+        # cost more to process than the query)
+        query = query.where(_i.c.instance_id.in_(
+            sa.bindparam("found", list(found), expanding=True, literal_execute=True)))
     else:
         query = query.where(_i.c.instance_id.in_(ids))
         if after is not None:
@@ -431,20 +433,9 @@ def _apply(
 ) -> set[str]:
     """Write `changes` guarded by the versions read; return the ids actually written."""
     versions = {row.instance_id: row.version for row in rows}
-    if not database.is_sqlite(conn):
-        return _apply_postgres(conn, changes, versions, now, actor, correlation)
-    updates = [
-        {"b_id": c.instance_id, "b_ver": versions[c.instance_id],
-         "plan_id": c.after.plan_id, "credits_total": c.after.credits_total,
-         "credits_used_month": c.after.credits_used, "period_start": c.after.period_start,
-         "period_end": c.after.period_end, "applied_rev": c.after.applied_rev}
-        for c in changes
-    ]
-    entries = [
-        ledger_row(c.instance_id, step, now, actor, correlation)
-        for c in changes for step in c.steps
-    ]
-    return _apply_sqlite(conn, updates, entries, now)
+    if database.is_sqlite(conn):
+        return _apply_sqlite(conn, changes, versions, now, actor, correlation)
+    return _apply_postgres(conn, changes, versions, now, actor, correlation)
 
 
 def ledger_row(
@@ -464,28 +455,45 @@ def ledger_row(
     }
 
 
+_SQLITE_UPDATE = """
+UPDATE instances SET plan_id = ?, credits_total = ?, credits_used_month = ?, period_start = ?,
+    period_end = ?, applied_rev = ?, version = version + 1, updated_at = ?, last_synced_at = ?
+WHERE instance_id = ? AND version = ?
+"""
+_SQLITE_LEDGER = """
+INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
+    credits_total_before, credits_total_after, credits_used_before, credits_used_after,
+    bonus_before, bonus_after, reason)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
 def _apply_sqlite(
-    conn: Connection, updates: list[dict[str, object]], entries: list[dict[str, object]],
-    now: dt.datetime,
+    conn: Connection, changes: Sequence[Change], versions: dict[str, int], now: dt.datetime,
+    actor: str, correlation: str,
 ) -> set[str]:
-    # BEGIN IMMEDIATE: no other writer ran since this transaction read the rows, so the
-    # version guard cannot fail here; it stays for symmetry with PostgreSQL.
-    statement = (
-        _i.update()
-        .where(_i.c.instance_id == sa.bindparam("b_id"), _i.c.version == sa.bindparam("b_ver"))
-        .values(
-            plan_id=sa.bindparam("plan_id"), credits_total=sa.bindparam("credits_total"),
-            credits_used_month=sa.bindparam("credits_used_month"),
-            period_start=sa.bindparam("period_start"), period_end=sa.bindparam("period_end"),
-            applied_rev=sa.bindparam("applied_rev"), version=_i.c.version + 1,
-            updated_at=now, last_synced_at=now,
-        )
-    )
-    result = conn.execute(statement, updates)
-    if result.rowcount != len(updates):
+    # Straight to the driver: SQLAlchemy's per-row parameter processing would cost more
+    # than the writes. BEGIN IMMEDIATE means no other writer ran since this transaction
+    # read the rows, so the version guard cannot fail here; it stays as a safety net.
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    stamp = models.sqlite_time(now)
+    cursor = raw.executemany(_SQLITE_UPDATE, [
+        (c.after.plan_id, c.after.credits_total, c.after.credits_used,
+         models.sqlite_time(c.after.period_start), models.sqlite_time(c.after.period_end),
+         c.after.applied_rev, stamp, stamp, c.instance_id, versions[c.instance_id])
+        for c in changes
+    ])
+    if cursor.rowcount != len(changes):
         raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
-    conn.execute(_ledger.insert(), entries)
-    return {str(u["b_id"]) for u in updates}
+    raw.executemany(_SQLITE_LEDGER, [
+        (c.instance_id, stamp, step.kind, actor, correlation, step.before.plan_id,
+         step.after.plan_id, step.before.credits_total, step.after.credits_total,
+         step.before.credits_used, step.after.credits_used, step.before.bonus_credits,
+         step.after.bonus_credits, step.reason)
+        for c in changes for step in c.steps
+    ])
+    return {c.instance_id for c in changes}
 
 
 # PostgreSQL: the batch is streamed with COPY into two session-local tables, then one

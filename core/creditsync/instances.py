@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, policy
+from creditsync import catalog, convergence, plans, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -94,19 +95,30 @@ def create_if_missing(
     exists = conn.execute(sa.select(_i.c.instance_id).where(_i.c.instance_id == instance_id))
     if exists.first() is not None:
         return False
-    default = catalog.load(conn).default
-    start, end = policy.first_period(now)
-    conn.execute(_i.insert().values(
-        instance_id=instance_id, plan_id=default.id, credits_total=default.monthly_credits,
-        bonus_credits=0, credits_used_month=0, period_start=start, period_end=end,
-        applied_rev=0, version=0, created_at=now, updated_at=now, last_synced_at=now))
-    conn.execute(_ledger.insert().values(
-        instance_id=instance_id, at=now, kind="provision", actor=actor,
-        correlation_id=correlation_id, plan_before=None, plan_after=default.id,
-        credits_total_before=0, credits_total_after=default.monthly_credits,
-        credits_used_before=0, credits_used_after=0, bonus_before=0, bonus_after=0,
-        reason="new instance starts on the default plan"))
+    row, entry = new_instance(instance_id, catalog.load(conn).default, now, actor,
+                              correlation_id)
+    conn.execute(_i.insert().values(**row))
+    conn.execute(_ledger.insert().values(**entry))
     return True
+
+
+def new_instance(
+    instance_id: str, default: plans.Plan, now: dt.datetime, actor: str,
+    correlation_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row of a new instance on the default plan, and its `provision` ledger row."""
+    start, end = policy.first_period(now)
+    row = {"instance_id": instance_id, "plan_id": default.id,
+           "credits_total": default.monthly_credits, "bonus_credits": 0,
+           "credits_used_month": 0, "period_start": start, "period_end": end,
+           "applied_rev": 0, "version": 0, "created_at": now, "updated_at": now,
+           "last_synced_at": now}
+    entry = {"instance_id": instance_id, "at": now, "kind": "provision", "actor": actor,
+             "correlation_id": correlation_id, "plan_before": None, "plan_after": default.id,
+             "credits_total_before": 0, "credits_total_after": default.monthly_credits,
+             "credits_used_before": 0, "credits_used_after": 0, "bonus_before": 0,
+             "bonus_after": 0, "reason": "new instance starts on the default plan"}
+    return row, entry
 
 
 def credits(

@@ -1,8 +1,9 @@
-"""The convergence loop shared by `creditsync run` and the operator's fallback.
+"""The convergence loop of `creditsync run`, and the guarded run it shares with the operator.
 
 Once at start-up, then every `interval`: retry due inbox events and converge every
-instance, under the convergence lock so two runners never converge at once. Inbox
-retries run more often (every `retry_every`) so a failed webhook is not left waiting.
+instance, under the convergence lock so two runners (operator or standalone) never converge
+at once. Inbox retries run more often (every `retry_every`) so a failed webhook is not left
+waiting. An `alerter` gets the drift, webhook and degraded alerts of `creditsync.alerts`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,43 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, inbox, locks, policy
+from creditsync import alerts, convergence, inbox, locks, policy
 
 log = logging.getLogger("creditsync.runner")
 
 RunHook = Callable[[convergence.Summary], None]
+
+
+def retry_inbox(engine: Engine, pol: policy.Policy) -> dict[str, int]:
+    """Retry the inbox events that are due; their outcomes by status."""
+    outcomes = inbox.retry_due(engine, now=convergence.utcnow(), pol=pol)
+    if outcomes:
+        log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
+    return outcomes
+
+
+def guarded_run(
+    engine: Engine,
+    *,
+    trigger: str,
+    pol: policy.Policy,
+    batch_size: int = 5000,
+    dry_run: bool = False,
+    actor: policy.Actor = "timer",
+) -> convergence.Summary | None:
+    """Retry due inbox events, then converge everything, holding the convergence lock.
+
+    None when another runner holds the lock (it is converging right now). A dry run
+    retries no events (that would apply them) and writes nothing.
+    """
+    with locks.convergence_lock(engine) as held:
+        if not held:
+            log.info("another runner is converging; skipping this %s run", trigger)
+            return None
+        if not dry_run:
+            retry_inbox(engine, pol)
+        return convergence.converge(engine, trigger=trigger, actor=actor, pol=pol,
+                                    batch_size=batch_size, dry_run=dry_run)
 
 
 @dataclass
@@ -32,25 +65,25 @@ class Runner:
     on_run: list[RunHook] = field(default_factory=list)
     on_error: list[Callable[[Exception], None]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    alerter: alerts.Alerter | None = None
+
+    def __post_init__(self) -> None:
+        if self.alerter is not None:
+            hooks = alerts.RunnerAlerts(self.alerter, self.engine)
+            self.on_run.append(hooks.on_run)
+            self.on_error.append(hooks.on_error)
 
     def converge(self, trigger: str) -> convergence.Summary | None:
         """One guarded run; None when another runner holds the lock."""
-        with locks.convergence_lock(self.engine) as held:
-            if not held:
-                log.info("another runner is converging; skipping this %s run", trigger)
-                return None
-            self.retry_inbox()
-            summary = convergence.converge(self.engine, trigger=trigger, actor="timer",
-                                           pol=self.pol, batch_size=self.batch_size)
-        for hook in self.on_run:
-            hook(summary)
+        summary = guarded_run(self.engine, trigger=trigger, pol=self.pol,
+                              batch_size=self.batch_size)
+        if summary is not None:
+            for hook in self.on_run:
+                hook(summary)
         return summary
 
     def retry_inbox(self) -> dict[str, int]:
-        outcomes = inbox.retry_due(self.engine, now=convergence.utcnow(), pol=self.pol)
-        if outcomes:
-            log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
-        return outcomes
+        return retry_inbox(self.engine, self.pol)
 
     def _guarded(self, action: Callable[[], object], what: str) -> None:
         try:

@@ -8,8 +8,8 @@ import threading
 
 import click
 
-from creditsync import catalog, config, convergence, logs, runner
-from creditsync.cli import dev, drift, plans_cmd, serve, webhooks
+from creditsync import alerts, catalog, config, convergence, logs, runner
+from creditsync.cli import dev, drift, operator_cmd, plans_cmd, serve, webhooks
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
 
@@ -83,8 +83,12 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     if not no_api:
         serve.require_secrets(ctx)
     prepare_standalone(ctx)
+    try:
+        alerter = alerts.from_settings(ctx.settings)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     loop = runner.Runner(ctx.engine, ctx.pol, ctx.settings.sync_interval,
-                         ctx.settings.batch_size)
+                         ctx.settings.batch_size, alerter=alerter)
     log.info("creditsync running on %s, converging every %ss",
              database.describe(ctx.settings.database_url),
              int(ctx.settings.sync_interval.total_seconds()))
@@ -129,6 +133,7 @@ cli.add_command(drift.sync)
 cli.add_command(plans_cmd.group)
 cli.add_command(webhooks.group)
 cli.add_command(dev.group)
+cli.add_command(operator_cmd.command)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def group() -> None:
 def list_events(ctx: Context, status: str | None, limit: int) -> None:
     """Newest events first, with their status, attempts and last error."""
     ctx.require_schema()
-    e = models.WebhookEvent.__table__
+    e = models.WEBHOOK_EVENTS
     query = sa.select(e).order_by(e.c.received_at.desc()).limit(limit)
     if status:
         query = query.where(e.c.status == status)

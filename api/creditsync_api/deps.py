@@ -1,0 +1,142 @@
+"""Dependencies routes declare with `Annotated`: app state, the clock, and who is calling.
+
+Instance tokens come from `Authorization: Bearer` or `?instance=`; the admin token only from
+`Authorization: Bearer` and is compared in constant time. Cheap checks are `async def` so
+they run on the event loop without a thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import anyio
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import Depends, Query, Request
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+
+from creditsync import config, convergence, inbox_pg, policy
+from creditsync_api import errors, metrics, ratelimit, tokens
+
+SYNC_INTERVAL = dt.timedelta(seconds=5)
+
+Before = Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                     description="`nextBefore` of the previous page.")]
+
+
+@dataclass
+class State:
+    """What every request shares; the engine is set by the app's lifespan."""
+
+    settings: config.Settings
+    pol: policy.Policy
+    wix_key: rsa.RSAPublicKey
+    metrics: metrics.Metrics
+    pool_size: int
+    sync_limit: ratelimit.PerKey = field(default_factory=lambda: ratelimit.PerKey(SYNC_INTERVAL))
+    engine: Engine | None = None
+    db_threads: anyio.CapacityLimiter | None = None
+    pg_pool: inbox_pg.Pool | None = None  # the webhook's async path, on PostgreSQL
+    background: set[asyncio.Task[str]] = field(default_factory=set)
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.creditsync
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def require_engine(state: State) -> Engine:
+    if state.engine is None:
+        raise RuntimeError("the app's lifespan has not run: serve it with uvicorn or "
+                           "`with TestClient(app)`")
+    return state.engine
+
+
+def get_engine(request: Request) -> Engine:
+    return require_engine(get_state(request))
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def get_policy(request: Request) -> policy.Policy:
+    return get_state(request).pol
+
+
+PolicyDep = Annotated[policy.Policy, Depends(get_policy)]
+
+
+def get_metrics(request: Request) -> metrics.Metrics:
+    return get_state(request).metrics
+
+
+MetricsDep = Annotated[metrics.Metrics, Depends(get_metrics)]
+
+
+async def get_now() -> dt.datetime:
+    """The request's clock (tests override it with `app.dependency_overrides`)."""
+    return convergence.utcnow()
+
+
+NowDep = Annotated[dt.datetime, Depends(get_now)]
+
+_instance_bearer = HTTPBearer(
+    auto_error=False, scheme_name="instanceToken",
+    description="The instance token the marketplace gives the app (`<signature>.<payload>`).")
+_instance_query = APIKeyQuery(
+    name="instance", auto_error=False, scheme_name="instanceQuery",
+    description="The same instance token as the `instance` query parameter (dashboard iframe).")
+_admin_bearer = HTTPBearer(auto_error=False, scheme_name="adminToken",
+                           description="`CREDITSYNC_ADMIN_TOKEN`.")
+
+_BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+async def get_instance(
+    request: Request,
+    now: NowDep,
+    header: Annotated[HTTPAuthorizationCredentials | None, Depends(_instance_bearer)],
+    query: Annotated[str | None, Depends(_instance_query)],
+) -> tokens.InstanceToken:
+    """The verified caller; the instance id is never taken from anything else."""
+    raw = header.credentials if header is not None else query
+    state = get_state(request)
+    if not raw:
+        state.metrics.token_failures.labels("missing_token").inc()
+        raise errors.ApiError(401, "missing_token",
+                              "no instance token: send `Authorization: Bearer <instance>` or "
+                              "`?instance=<instance>` as the marketplace issued it",
+                              headers=_BEARER)
+    secret = state.settings.app_secret
+    assert secret is not None  # create_app requires it
+    try:
+        return tokens.verify(raw, secret, now=now,
+                             max_age=state.settings.instance_token_max_age)
+    except tokens.TokenError as exc:
+        state.metrics.token_failures.labels(exc.code).inc()
+        raise errors.ApiError(401, exc.code, exc.message, headers=_BEARER) from exc
+
+
+InstanceDep = Annotated[tokens.InstanceToken, Depends(get_instance)]
+
+
+async def require_admin(
+    request: Request,
+    header: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
+    expected = get_state(request).settings.admin_token
+    assert expected is not None  # create_app requires it
+    if header is None:
+        raise errors.ApiError(401, "missing_admin_token",
+                              "send `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`",
+                              headers=_BEARER)
+    if not hmac.compare_digest(header.credentials.encode(), expected.encode()):
+        raise errors.ApiError(401, "bad_admin_token",
+                              "the bearer token is not CREDITSYNC_ADMIN_TOKEN", headers=_BEARER)

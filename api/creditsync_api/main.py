@@ -1,0 +1,96 @@
+"""The app factory: `create_app(settings)` builds the FastAPI sidecar.
+
+Secrets are required up front (fail closed). The lifespan builds the engine (unless one is
+passed in, which the caller then owns) and refuses to start on an outdated schema. The
+pages `/billing` and `/admin` will be routers like the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from creditsync import config, inbox_pg, policy
+from creditsync.storage import database, schema
+from creditsync_api import deps, errors, metrics, wix
+from creditsync_api.routes import admin, billing, credits, health, provision, webhooks
+
+POOL_SIZE = 8
+
+ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
+           health.router)
+
+DESCRIPTION = """\
+Keeps every app instance's credits equal to what its subscription plan pays for.
+
+* **Webhooks**: the marketplace posts signed billing events; each is stored in the inbox
+  before it is acknowledged, then applied and the instance converged.
+* **Instance endpoints** take the marketplace's instance token (`Authorization: Bearer` or
+  `?instance=`); an instance only ever sees or changes itself.
+* **Admin endpoints** take `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`.
+
+Every error has the shape `{"error": "<code>", "message": "<what is wrong and what to do>"}`.
+"""
+
+TAGS = [
+    {"name": "webhooks", "description": "Billing events from the marketplace."},
+    {"name": "instances", "description": "The install flow."},
+    {"name": "billing", "description": "The calling instance's credits."},
+    {"name": "credits", "description": "Spending credits."},
+    {"name": "admin", "description": "Operators: instances, inbox, bulk sync, stats."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+]
+
+
+def create_app(settings: config.Settings, engine: Engine | None = None) -> FastAPI:
+    """The API for `settings`; raises `config.ConfigError` when a secret is missing."""
+    settings.require_secrets()
+    assert settings.wix_public_key is not None
+    state = deps.State(
+        settings=settings, pol=policy.from_settings(settings),
+        wix_key=wix.load_public_key(settings.wix_public_key),
+        metrics=metrics.Metrics(lambda: deps.require_engine(state)), pool_size=POOL_SIZE)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned = engine is None
+        state.engine = engine or database.create(settings.database_url, pool_size=POOL_SIZE)
+        try:
+            await anyio.to_thread.run_sync(schema.require_current, state.engine)
+            state.db_threads = anyio.CapacityLimiter(POOL_SIZE)
+            if not database.is_sqlite(state.engine):
+                state.pg_pool = inbox_pg.pool(
+                    state.engine.url.render_as_string(hide_password=False), size=POOL_SIZE)
+                await state.pg_pool.open(wait=True, timeout=10)
+            yield
+        finally:
+            if state.background:  # applies still running past their answer
+                await asyncio.wait(state.background, timeout=5)
+            if state.pg_pool is not None:
+                await state.pg_pool.close()
+                state.pg_pool = None
+            if owned:
+                state.engine.dispose()
+            state.engine = None
+
+    app = FastAPI(title="creditsync", summary="Credits that always match the plan.",
+                  description=DESCRIPTION, version=_version(), openapi_tags=TAGS,
+                  lifespan=lifespan)
+    app.state.creditsync = state
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("creditsync")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

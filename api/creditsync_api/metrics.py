@@ -1,0 +1,95 @@
+"""Prometheus metrics, one registry per app (so each test's app counts from zero).
+
+Counters and the latency histogram count what this process did. The drifted-instance and
+inbox-backlog gauges are read from the database at scrape time, so every replica (and the
+operator's runs) report the same truth; when the database is down they are left out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+
+from creditsync import convergence, reports, subscriptions
+
+log = logging.getLogger("creditsync.api.metrics")
+
+KNOWN_EVENTS = frozenset(subscriptions.EVENT_TYPES)
+
+
+class Metrics:
+    """Everything the API records, registered in its own registry."""
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "creditsync_webhooks", "Billing webhooks answered, by event type and outcome "
+            "(an inbox status, or rejected/malformed/unavailable).",
+            ["event_type", "outcome"], registry=r)
+        self.signature_failures = Counter(
+            "creditsync_webhook_signature_failures",
+            "Webhooks refused with 401, by reason (nothing stored).", ["reason"], registry=r)
+        self.apply_seconds = Histogram(
+            "creditsync_webhook_apply_seconds",
+            "Time from a verified webhook to its answer: store in the inbox, apply, converge.",
+            buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1.0, 2.5), registry=r)
+        self.sync_runs = Counter(
+            "creditsync_sync_runs", "Convergence runs done by this process, by trigger.",
+            ["trigger"], registry=r)
+        self.repairs = Counter(
+            "creditsync_repairs", "Instances changed by this process's convergence runs, by "
+            "trigger.", ["trigger"], registry=r)
+        self.consume = Counter(
+            "creditsync_consume", "Credit consumption requests, by outcome.", ["outcome"],
+            registry=r)
+        self.token_failures = Counter(
+            "creditsync_instance_token_failures", "Instance tokens refused, by reason.",
+            ["reason"], registry=r)
+        r.register(_DatabaseGauges(engine))
+
+    def webhook(self, event_type: str, outcome: str) -> None:
+        label = event_type if event_type in KNOWN_EVENTS else "other"
+        self.webhooks.labels(label, outcome).inc()
+
+    def observe_run(self, summary: convergence.Summary) -> None:
+        """Record a convergence run (also the hook `creditsync run` gives the loop)."""
+        if summary.dry_run:
+            return
+        self.sync_runs.labels(summary.trigger).inc()
+        self.repairs.labels(summary.trigger).inc(summary.repaired)
+
+
+class _DatabaseGauges(Collector):
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self.engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            engine = self.engine()
+            backlog_counts = reports.inbox_backlog(engine)
+            drifted = reports.last_full_run_drifted(engine)
+        except (sa.exc.SQLAlchemyError, RuntimeError) as exc:
+            log.warning("metrics: database unavailable (%s); gauges left out", exc)
+            return
+        backlog = GaugeMetricFamily(
+            "creditsync_inbox_backlog",
+            "Webhook events waiting: pending (retried), quarantined (unknown product), "
+            "failed (gave up; replay from the admin API).", labels=["status"])
+        for status, count in backlog_counts.items():
+            backlog.add_metric([status], count)
+        yield backlog
+        if drifted is not None:
+            yield GaugeMetricFamily(
+                "creditsync_drifted_instances",
+                "Instances found drifted by the latest full convergence run.", value=drifted)
+

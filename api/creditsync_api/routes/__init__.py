@@ -1,0 +1,1 @@
+"""One router per resource; `creditsync_api.main` includes them all."""

@@ -1,0 +1,187 @@
+"""`/api/admin/*`: instances, adjustments, bulk sync, the webhook inbox, and stats.
+
+Every route requires `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`. Cursors are opaque
+(base64url of the core's page key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from creditsync import convergence, inbox, instances, reports, usage
+from creditsync_api import deps, errors, schemas
+from creditsync_api.deps import EngineDep, NowDep, PolicyDep, StateDep, require_admin
+
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+InstanceId = Annotated[str, Path(min_length=1, max_length=100, pattern=schemas.NO_NUL,
+                                 description="The instance id.")]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+Cursor = Annotated[str | None, Query(max_length=500, pattern=r"^[A-Za-z0-9_-]*$",
+                                     description="`nextCursor` of the previous page.")]
+
+
+def _encode(key: str | None) -> str | None:
+    return None if key is None else base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise _bad_cursor() from exc
+    if "\x00" in key:
+        raise _bad_cursor()
+    return key
+
+
+def _bad_cursor() -> errors.ApiError:
+    return errors.ApiError(400, "bad_cursor",
+                           "cursor is not one this API handed out: pass `nextCursor` from the "
+                           "previous page unchanged, or omit it for the first page")
+
+
+@router.get("/instances", summary="List instances", response_model=schemas.InstancePage,
+            responses=errors.responses(400, 401, 503))
+def list_instances(
+    engine: EngineDep, pol: PolicyDep, now: NowDep,
+    drifted: Annotated[bool | None, Query(description="Only drifted (true) or in-sync "
+                                                      "(false) instances.")] = None,
+    plan: Annotated[str | None, Query(max_length=100, pattern=schemas.NO_NUL,
+                                      description="Applied plan id.")] = None,
+    removed: Annotated[bool | None, Query(description="Only uninstalled (true) or installed "
+                                                      "(false) instances.")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=schemas.NO_NUL,
+                                   description="Instance id contains this "
+                                               "(case-insensitive).")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> schemas.InstancePage:
+    """Instances ordered by id, with actual and desired plan and credits."""
+    page = reports.list_instances(engine, now=now, pol=pol, drifted=drifted, plan=plan,
+                                  removed=removed, q=q, limit=limit, after=_decode(cursor))
+    return schemas.InstancePage(
+        items=[schemas.AdminInstance.from_report(item) for item in page.items],
+        next_cursor=_encode(page.next_key))
+
+
+@router.get("/instances/{instance_id}", summary="One instance with its history",
+            response_model=schemas.InstanceDetail, responses=errors.responses(401, 404, 503))
+def get_instance(
+    instance_id: InstanceId, engine: EngineDep, pol: PolicyDep, now: NowDep,
+) -> schemas.InstanceDetail:
+    """The instance beside what its subscription says, and its newest 50 ledger rows."""
+    report = reports.instance(engine, instance_id, now=now, pol=pol)
+    page = schemas.HistoryPage.from_core(instances.history(engine, instance_id, limit=50), 50)
+    return schemas.InstanceDetail(instance=schemas.AdminInstance.from_report(report),
+                                  history=page.entries, next_before=page.next_before)
+
+
+@router.get("/instances/{instance_id}/history", summary="An instance's credit history",
+            response_model=schemas.HistoryPage, responses=errors.responses(401, 404, 503))
+def instance_history(
+    instance_id: InstanceId, engine: EngineDep, limit: Limit = 50,
+    before: deps.Before = None,
+) -> schemas.HistoryPage:
+    """Ledger rows, newest first."""
+    if not convergence.count_instances(engine, [instance_id]):
+        raise instances.UnknownInstance(instance_id)
+    entries = instances.history(engine, instance_id, limit=limit, before_id=before)
+    return schemas.HistoryPage.from_core(entries, limit)
+
+
+@router.post("/instances/{instance_id}/adjust", summary="Grant or take back bonus credits",
+             response_model=schemas.AdjustResult,
+             responses=errors.responses(400, 401, 404, 503))
+def adjust(
+    instance_id: InstanceId, body: schemas.AdjustRequest, engine: EngineDep, pol: PolicyDep,
+    now: NowDep,
+) -> schemas.AdjustResult:
+    """Bonus credits are spent after plan credits and never touched by convergence; the
+    change and its reason go into the ledger."""
+    try:
+        entry = usage.adjust_bonus(engine, instance_id, body.bonus_credits_delta,
+                                   body.reason, now=now)
+    except ValueError as exc:
+        raise errors.ApiError(400, "invalid_adjustment", str(exc)) from exc
+    return schemas.AdjustResult(
+        entry=schemas.HistoryEntry.from_core(entry),
+        credits=schemas.Credits.from_core(
+            instances.credits(engine, instance_id, now=now, pol=pol)))
+
+
+@router.post("/sync", summary="Converge instances (bulk, or a dry run)",
+             response_model=schemas.SyncResult, responses=errors.responses(400, 401, 503))
+def sync(
+    body: schemas.SyncRequest, state: StateDep, engine: EngineDep, pol: PolicyDep,
+    now: NowDep,
+) -> schemas.SyncResult:
+    """Converge the listed instances, or all; with `dryRun` nothing is written and the
+    answer is the diff that would be applied (at most 1,000 instances listed)."""
+    summary = convergence.converge(
+        engine, trigger="manual", actor="admin",
+        instance_ids=None if body.all else body.instance_ids, dry_run=body.dry_run, now=now,
+        pol=pol, batch_size=state.settings.batch_size)
+    state.metrics.observe_run(summary)
+    return schemas.SyncResult.from_core(summary)
+
+
+@router.get("/webhooks", summary="The webhook inbox", response_model=schemas.WebhookPage,
+            responses=errors.responses(400, 401, 503))
+def list_webhooks(
+    engine: EngineDep,
+    status: Annotated[schemas.WebhookStatus | None, Query(description="Only this status.")]
+    = None,
+    instance_id: Annotated[str | None, Query(alias="instanceId", max_length=100,
+                                             pattern=schemas.NO_NUL,
+                                             description="Only this instance's.")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> schemas.WebhookPage:
+    """Events newest first, with status, attempts and last error; counts by status."""
+    try:
+        page = reports.list_webhooks(engine, status=status, instance_id=instance_id,
+                                     limit=limit, after=_decode(cursor))
+    except ValueError as exc:
+        raise _bad_cursor() from exc
+    return schemas.WebhookPage(
+        items=[schemas.WebhookEvent.from_report(item) for item in page.items],
+        counts=inbox.counts(engine), next_cursor=_encode(page.next_key))
+
+
+@router.post("/webhooks/{event_id}/replay", summary="Apply an inbox event again",
+             response_model=schemas.ReplayResult,
+             responses=errors.responses(401, 404, 409, 503))
+def replay(
+    event_id: Annotated[str, Path(min_length=1, max_length=36, pattern=schemas.NO_NUL)],
+    engine: EngineDep,
+    pol: PolicyDep, now: NowDep,
+) -> schemas.ReplayResult:
+    """Replays a failed, quarantined, pending or ignored event (409 for the others: they
+    were applied, or deliberately changed nothing)."""
+    try:
+        status = inbox.replay(engine, event_id, now=now, pol=pol)
+    except inbox.NotReplayable as exc:
+        raise errors.ApiError(409, "not_replayable", str(exc)) from exc
+    except LookupError as exc:
+        raise errors.ApiError(404, "event_not_found",
+                              f"no webhook event {event_id}: list them with GET "
+                              "/api/admin/webhooks") from exc
+    return schemas.ReplayResult(event_id=event_id, status=cast(schemas.WebhookStatus, status))
+
+
+@router.get("/stats", summary="Dashboard statistics", response_model=schemas.Stats,
+            responses=errors.responses(401, 503))
+def stats(
+    engine: EngineDep, now: NowDep,
+    days: Annotated[int, Query(ge=1, le=366, description="Days back, today included.")] = 30,
+) -> schemas.Stats:
+    """Drift repairs per day, webhooks by status, and credits used by plan per day (UTC
+    days)."""
+    return schemas.Stats.from_core(reports.stats(engine, now=now, days=days))

@@ -1,0 +1,57 @@
+"""`/api/billing/*`: the calling instance's credits, its manual sync, and its history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from creditsync import instances, manual
+from creditsync_api import deps, errors, schemas
+from creditsync_api.deps import EngineDep, InstanceDep, NowDep, PolicyDep, StateDep
+
+router = APIRouter(prefix="/api/billing", tags=["billing"])
+
+
+@router.get("/credits", summary="The calling instance's credits",
+            response_model=schemas.Credits, responses=errors.responses(401, 404, 503))
+def credits(
+    caller: InstanceDep, engine: EngineDep, pol: PolicyDep, now: NowDep
+) -> schemas.Credits:
+    """Reads only: `inSync` says whether the credits equal what the plan pays for now;
+    nothing is repaired (use sync-credits)."""
+    return schemas.Credits.from_core(
+        instances.credits(engine, caller.instance_id, now=now, pol=pol))
+
+
+@router.post("/sync-credits", summary="Converge the calling instance now",
+             response_model=schemas.SyncCreditsResult,
+             responses=errors.responses(401, 404, 429, 503))
+def sync_credits(
+    caller: InstanceDep, state: StateDep, engine: EngineDep, pol: PolicyDep, now: NowDep
+) -> schemas.SyncCreditsResult:
+    """The "Sync Credits" button: repair the instance's credits if they differ from its
+    plan, and answer the credits before and after with the list of changes. At most one
+    call per instance every 5 seconds (429 with `Retry-After`)."""
+    wait = state.sync_limit.acquire(caller.instance_id, now)
+    if wait is not None:
+        raise errors.ApiError(
+            429, "rate_limited",
+            f"this instance was synced less than 5 seconds ago: retry in {wait} s",
+            headers={"Retry-After": str(wait)})
+    resync = manual.sync_instance(engine, caller.instance_id, now=now, pol=pol)
+    state.metrics.observe_run(resync.summary)
+    return schemas.SyncCreditsResult.from_core(resync)
+
+
+@router.get("/history", summary="The calling instance's credit history",
+            response_model=schemas.HistoryPage, responses=errors.responses(401, 503))
+def history(
+    caller: InstanceDep, engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="Entries per page.")] = 50,
+    before: deps.Before = None,
+) -> schemas.HistoryPage:
+    """Ledger rows, newest first: every change to the instance's numbers, who made it and
+    why."""
+    entries = instances.history(engine, caller.instance_id, limit=limit, before_id=before)
+    return schemas.HistoryPage.from_core(entries, limit)

@@ -1,0 +1,474 @@
+"""The API's JSON: pydantic models in camelCase (ARCHITECTURE.md), each with an OpenAPI example.
+
+Response models are built from the core's dataclasses with `from_core()`; routes never
+assemble JSON by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+from creditsync import convergence, instances, manual, policy, reports, usage
+
+WebhookStatus = Literal[
+    "applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending"]
+LedgerKind = Literal[
+    "provision", "plan_change", "drift_repair", "period_reset", "usage", "adjustment", "expiry"]
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
+
+_T0 = "2026-01-10T12:00:00Z"
+_T1 = "2026-02-10T12:00:00Z"
+
+
+def _config(*examples: dict[str, Any], forbid: bool = False) -> ConfigDict:
+    config = ConfigDict(alias_generator=to_camel, validate_by_name=True,
+                        validate_by_alias=True, json_schema_extra={"examples": list(examples)})
+    if forbid:
+        config["extra"] = "forbid"
+    return config
+
+
+def _example(**example: Any) -> ConfigDict:
+    return _config(example)
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python. Request bodies refuse unknown keys
+    (`_config(forbid=True)`), so a typo is an error rather than silently ignored."""
+
+    model_config = _config()
+
+
+# -- errors and operations --------------------------------------------------------------
+
+
+class ErrorBody(ApiModel):
+    """Every error answer has this shape."""
+
+    model_config = _example(error="token_expired",
+                            message="the instance token was signed 30 hours ago (max 24 hours):"
+                                    " reload the dashboard to get a fresh one")
+    error: str = Field(description="Machine-readable code, e.g. `bad_signature`.")
+    message: str = Field(description="What is wrong and what to do about it.")
+
+
+class InsufficientCreditsBody(ErrorBody):
+    """402: the instance has fewer credits left than asked for."""
+
+    model_config = _example(error="insufficient_credits",
+                            message="instance 9f1c… has 40 credits left, 100 were asked for: "
+                                    "upgrade the plan or wait for the monthly reset",
+                            creditsRemaining=40, requested=100)
+    credits_remaining: int
+    requested: int
+
+
+class Health(ApiModel):
+    model_config = _example(status="ok")
+    status: Literal["ok", "ready"]
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+class WebhookAck(ApiModel):
+    """The answer to a verified webhook: it is stored in the inbox, with this outcome."""
+
+    model_config = _example(status="applied", eventId="3f0e1d2c-5b6a-4c7d-8e9f-0a1b2c3d4e5f")
+    status: WebhookStatus = Field(description=(
+        "`applied`: desired state updated and the instance converged; `duplicate`: seen "
+        "before, nothing changed; `stale`: older than the newest accepted event, nothing "
+        "changed; `ignored`: unknown event type; `quarantined`: unknown product id, applied "
+        "once the plan catalog knows it; `pending`: stored, applied by the retry loop."))
+    event_id: str = Field(description="The inbox event id (the first delivery's, for "
+                                      "duplicates).")
+
+
+# -- instance credits -------------------------------------------------------------------
+
+
+_CREDITS: dict[str, Any] = {
+    "instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "plan": "pro", "creditsTotal": 5000,
+    "bonusCredits": 0, "creditsUsed": 120, "creditsRemaining": 4880, "periodStart": _T0,
+    "periodEnd": _T1, "inSync": True, "lastSyncedAt": _T0}
+
+
+class Credits(ApiModel):
+    """An instance's credits."""
+
+    model_config = _example(**_CREDITS)
+    instance_id: str
+    plan: str
+    credits_total: int
+    bonus_credits: int
+    credits_used: int
+    credits_remaining: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+    in_sync: bool = Field(description="The credits equal what the subscription pays for now.")
+    last_synced_at: dt.datetime | None
+
+    @classmethod
+    def from_core(cls, credits: instances.Credits) -> Self:
+        return cls(**vars(credits))
+
+
+class Numbers(ApiModel):
+    """The part of an instance that convergence changes."""
+
+    model_config = _example(plan="free", creditsTotal=100, creditsUsed=40, bonusCredits=0,
+                            periodStart=_T0, periodEnd=_T1)
+    plan: str
+    credits_total: int
+    credits_used: int
+    bonus_credits: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+
+    @classmethod
+    def from_core(cls, numbers: policy.Numbers) -> Self:
+        return cls(plan=numbers.plan_id, credits_total=numbers.credits_total,
+                   credits_used=numbers.credits_used, bonus_credits=numbers.bonus_credits,
+                   period_start=numbers.period_start, period_end=numbers.period_end)
+
+
+_NUMBERS_BEFORE = {"plan": "free", "creditsTotal": 100, "creditsUsed": 40, "bonusCredits": 0,
+                   "periodStart": _T0, "periodEnd": _T1}
+_NUMBERS_AFTER = {**_NUMBERS_BEFORE, "plan": "pro", "creditsTotal": 5000}
+
+
+class Step(ApiModel):
+    """One change convergence made (or, in a dry run, would make)."""
+
+    model_config = _example(kind="drift_repair", reason="plan free, subscription says pro",
+                            before=_NUMBERS_BEFORE, after=_NUMBERS_AFTER)
+    kind: LedgerKind
+    reason: str
+    before: Numbers
+    after: Numbers
+
+    @classmethod
+    def from_core(cls, step: policy.Step) -> Self:
+        return cls(kind=step.kind, reason=step.reason, before=Numbers.from_core(step.before),
+                   after=Numbers.from_core(step.after))
+
+
+class SyncCreditsResult(ApiModel):
+    """`POST /api/billing/sync-credits`: the credits before and after, and what changed."""
+
+    model_config = _example(
+        before={**_CREDITS, "plan": "free", "creditsTotal": 100, "creditsRemaining": 0,
+                "inSync": False},
+        after=_CREDITS,
+        changes=[{"kind": "drift_repair", "reason": "plan free, subscription says pro",
+                  "before": _NUMBERS_BEFORE, "after": _NUMBERS_AFTER}])
+    before: Credits
+    after: Credits
+    changes: list[Step]
+
+    @classmethod
+    def from_core(cls, resync: manual.Resync) -> Self:
+        return cls(before=Credits.from_core(resync.before),
+                   after=Credits.from_core(resync.after),
+                   changes=[Step.from_core(step) for step in resync.steps])
+
+
+_ENTRY = {"id": 42, "at": _T0, "kind": "plan_change", "actor": "webhook",
+          "correlationId": "3f0e1d2c-5b6a-4c7d-8e9f-0a1b2c3d4e5f", "planBefore": "free",
+          "planAfter": "pro", "creditsTotalBefore": 100, "creditsTotalAfter": 5000,
+          "creditsUsedBefore": 40, "creditsUsedAfter": 0, "bonusBefore": 0, "bonusAfter": 0,
+          "reason": "accepted subscription change (rev 1)"}
+
+
+class HistoryEntry(ApiModel):
+    """One ledger row: a change to an instance's numbers, with who did it and why."""
+
+    model_config = _example(**_ENTRY)
+    id: int
+    at: dt.datetime
+    kind: LedgerKind
+    actor: str
+    correlation_id: str | None
+    plan_before: str | None
+    plan_after: str
+    credits_total_before: int
+    credits_total_after: int
+    credits_used_before: int
+    credits_used_after: int
+    bonus_before: int
+    bonus_after: int
+    reason: str | None
+
+    @classmethod
+    def from_core(cls, entry: instances.HistoryEntry) -> Self:
+        return cls(**vars(entry))
+
+
+class HistoryPage(ApiModel):
+    """Ledger rows newest first; pass `nextBefore` as `before` for the next page."""
+
+    model_config = _example(entries=[_ENTRY], nextBefore=None)
+    entries: list[HistoryEntry]
+    next_before: int | None = Field(description="`before` for the next page; null at the end.")
+
+    @classmethod
+    def from_core(cls, entries: list[instances.HistoryEntry], limit: int) -> Self:
+        return cls(entries=[HistoryEntry.from_core(e) for e in entries],
+                   next_before=entries[-1].id if len(entries) == limit else None)
+
+
+class ConsumeRequest(ApiModel):
+    """Charge credits once per idempotency key (plan credits first, then bonus)."""
+
+    model_config = _config({"amount": 10, "idempotencyKey": "render-7f3a"}, forbid=True)
+    amount: int = Field(gt=0, le=1_000_000_000, description="Credits to charge.")
+    idempotency_key: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description=(
+        "Unique per logical request: a retry with the same key is charged once and gets "
+        "the first answer back."))
+
+
+class Consumption(ApiModel):
+    """The result of a consume; `replayed` when the key was seen before."""
+
+    model_config = _example(instanceId="9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", amount=10,
+                            fromPlan=10, fromBonus=0, creditsRemaining=4870, replayed=False)
+    instance_id: str
+    amount: int
+    from_plan: int
+    from_bonus: int
+    credits_remaining: int
+    replayed: bool
+
+    @classmethod
+    def from_core(cls, result: usage.Consumption) -> Self:
+        return cls(**vars(result))
+
+
+# -- admin ------------------------------------------------------------------------------
+
+_ADMIN_INSTANCE = {
+    **_CREDITS, "driftReason": None, "desiredPlan": "pro",
+    "desiredCreditsTotal": 5000, "subscriptionStatus": "active", "expiresAt": None,
+    "createdAt": _T0, "updatedAt": _T0}
+
+
+class AdminInstance(Credits):
+    """An instance with what its subscription says it should have."""
+
+    model_config = _example(**_ADMIN_INSTANCE)
+    drift_reason: str | None = Field(description="Why it is not in sync (null when it is).")
+    desired_plan: str
+    desired_credits_total: int | None = Field(
+        description="Null when the desired plan is missing from the catalog.")
+    subscription_status: Literal["active", "cancelled", "removed"] | None
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_report(cls, report: reports.InstanceReport) -> Self:
+        return cls(**vars(report))
+
+
+class InstancePage(ApiModel):
+    model_config = _example(items=[_ADMIN_INSTANCE], nextCursor=None)
+    items: list[AdminInstance]
+    next_cursor: str | None = Field(description="`cursor` for the next page; null at the end.")
+
+
+class InstanceDetail(ApiModel):
+    """One instance and its newest ledger rows."""
+
+    model_config = _example(instance=_ADMIN_INSTANCE, history=[_ENTRY], nextBefore=None)
+    instance: AdminInstance
+    history: list[HistoryEntry]
+    next_before: int | None
+
+
+class AdjustRequest(ApiModel):
+    """Grant (positive) or take back (negative) bonus credits; the reconciler never touches
+    them."""
+
+    model_config = _config({"bonusCreditsDelta": 500,
+                            "reason": "support ticket 1234: compensation"}, forbid=True)
+    bonus_credits_delta: int = Field(ge=-1_000_000_000, le=1_000_000_000,
+                                     description="Non-zero change to the bonus credits.")
+    reason: str = Field(min_length=1, max_length=500, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+                        description="Why; recorded in the ledger.")
+
+
+class AdjustResult(ApiModel):
+    model_config = _example(entry={**_ENTRY, "kind": "adjustment", "actor": "admin",
+                                   "planBefore": "pro", "creditsTotalBefore": 5000,
+                                   "creditsUsedAfter": 0, "bonusAfter": 500,
+                                   "reason": "support ticket 1234: compensation"},
+                            credits={**_CREDITS, "bonusCredits": 500})
+    entry: HistoryEntry
+    credits: Credits
+
+
+class SyncRequest(ApiModel):
+    """Converge `instanceIds`, or every instance with `all: true`; `dryRun` writes nothing."""
+
+    model_config = _config(
+        {"instanceIds": ["9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10"], "dryRun": True},
+        {"all": True, "dryRun": False}, forbid=True)
+    model_config["json_schema_extra"] = {
+        **model_config["json_schema_extra"],  # type: ignore[dict-item]
+        "oneOf": [
+            {"required": ["instanceIds"], "properties": {"instanceIds": {"type": "array"},
+                                                         "all": {"const": False}}},
+            {"required": ["all"], "properties": {"all": {"const": True},
+                                                 "instanceIds": {"type": "null"}}},
+        ]}
+    instance_ids: list[InstanceId] | None = Field(default=None, min_length=1,
+                                                  max_length=10_000)
+    all: bool = False
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Self:
+        if self.all == (self.instance_ids is not None):
+            raise ValueError("say what to sync: either instanceIds or all: true")
+        return self
+
+
+_CHANGE = {"instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "before": _NUMBERS_BEFORE,
+           "after": _NUMBERS_AFTER,
+           "steps": [{"kind": "drift_repair", "reason": "plan free, subscription says pro",
+                      "before": _NUMBERS_BEFORE, "after": _NUMBERS_AFTER}]}
+
+
+class InstanceChange(ApiModel):
+    """Everything a sync did (or would do) to one instance."""
+
+    model_config = _example(**_CHANGE)
+    instance_id: str
+    before: Numbers
+    after: Numbers
+    steps: list[Step]
+
+    @classmethod
+    def from_core(cls, change: convergence.Change) -> Self:
+        return cls(instance_id=change.instance_id, before=Numbers.from_core(change.before),
+                   after=Numbers.from_core(change.after),
+                   steps=[Step.from_core(step) for step in change.steps])
+
+
+class SyncResult(ApiModel):
+    """What a sync run found and did (a dry run: would do)."""
+
+    model_config = _example(runId="5d1e0c2b-3a4f-4b6c-9d8e-7f6a5b4c3d2e", dryRun=True,
+                            scanned=1, drifted=1, repaired=1, failed=0, planMissing=0,
+                            changes=[_CHANGE], changesTruncated=False)
+    run_id: str
+    dry_run: bool
+    scanned: int
+    drifted: int
+    repaired: int = Field(description="Instances changed (a dry run: would change).")
+    failed: int
+    plan_missing: int
+    changes: list[InstanceChange]
+    changes_truncated: bool = Field(description="More instances changed than are listed.")
+
+    @classmethod
+    def from_core(cls, summary: convergence.Summary) -> Self:
+        return cls(run_id=summary.run_id, dry_run=summary.dry_run, scanned=summary.scanned,
+                   drifted=summary.drifted, repaired=summary.repaired, failed=summary.failed,
+                   plan_missing=summary.plan_missing,
+                   changes=[InstanceChange.from_core(c) for c in summary.changes],
+                   changes_truncated=summary.repaired > len(summary.changes))
+
+
+_EVENT = {"eventId": "3f0e1d2c-5b6a-4c7d-8e9f-0a1b2c3d4e5f",
+          "instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "eventType": "PaidPlanPurchased",
+          "productId": "pro", "operationTime": _T0, "receivedAt": _T0, "status": "applied",
+          "attempts": 1, "lastError": None, "nextAttemptAt": None, "appliedAt": _T0,
+          "payload": {"vendorProductId": "pro", "cycle": "MONTHLY",
+                      "operationTimeStamp": "2026-01-10T12:00:00.000Z"}}
+
+
+class WebhookEvent(ApiModel):
+    """One inbox row."""
+
+    model_config = _example(**_EVENT)
+    event_id: str
+    instance_id: str
+    event_type: str
+    product_id: str | None
+    operation_time: dt.datetime
+    received_at: dt.datetime
+    status: WebhookStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    applied_at: dt.datetime | None
+    payload: dict[str, Any] = Field(description="The event's own fields, as delivered.")
+
+    @classmethod
+    def from_report(cls, report: reports.WebhookReport) -> Self:
+        return cls(**vars(report))
+
+
+_COUNTS = {"applied": 1, "duplicate": 0, "stale": 0, "ignored": 0, "quarantined": 0,
+           "failed": 0, "pending": 0}
+
+
+class WebhookPage(ApiModel):
+    model_config = _example(items=[_EVENT], counts=_COUNTS, nextCursor=None)
+    items: list[WebhookEvent]
+    counts: dict[str, int] = Field(description="All inbox events by status.")
+    next_cursor: str | None
+
+
+class ReplayResult(ApiModel):
+    model_config = _example(eventId=_EVENT["eventId"], status="applied")
+    event_id: str
+    status: WebhookStatus
+
+
+class RepairsOnDay(ApiModel):
+    model_config = _example(day="2026-01-10", repairs=3)
+    day: dt.date
+    repairs: int
+
+
+class PlanCreditsOnDay(ApiModel):
+    model_config = _example(day="2026-01-10", plan="pro", credits=1200)
+    day: dt.date
+    plan: str
+    credits: int
+
+
+class Stats(ApiModel):
+    """For the admin dashboard: drift repairs per day, the inbox, usage by plan per day."""
+
+    model_config = _example(since="2025-12-12T00:00:00Z", until=_T0, instances=1200,
+                            repairsPerDay=[{"day": "2026-01-10", "repairs": 3}],
+                            webhooksByStatus=_COUNTS,
+                            creditsUsedByPlanPerDay=[
+                                {"day": "2026-01-10", "plan": "pro", "credits": 1200}])
+    since: dt.datetime
+    until: dt.datetime
+    instances: int
+    repairs_per_day: list[RepairsOnDay] = Field(
+        description="Drift repairs (credits that differed from the plan and were fixed).")
+    webhooks_by_status: dict[str, int]
+    credits_used_by_plan_per_day: list[PlanCreditsOnDay]
+
+    @classmethod
+    def from_core(cls, stats: reports.Stats) -> Self:
+        return cls(
+            since=stats.since, until=stats.until, instances=stats.instances,
+            repairs_per_day=[RepairsOnDay(day=d.day, repairs=d.count)
+                             for d in stats.repairs_per_day],
+            webhooks_by_status=stats.webhooks_by_status,
+            credits_used_by_plan_per_day=[
+                PlanCreditsOnDay(day=d.day, plan=d.plan, credits=d.credits)
+                for d in stats.credits_used_by_plan_per_day])

@@ -1,0 +1,229 @@
+"""Wix App Market billing webhooks: verify the RS256 JWT, decode it into an inbox event.
+
+The body is a JWT signed with the marketplace's key. Its claim `data` is a JSON string
+holding `eventType`, `instanceId` and `data`, itself a JSON string with the event's fields
+(`vendorProductId`, `operationTimeStamp`, `expiresOn`, ...). `exp` and `iat` are checked
+against the caller's clock, with a little leeway for clock skew.
+
+`RejectedError` (answer 401: nothing is stored) is for tokens that are not the marketplace's:
+a bad signature, another algorithm, expired. `MalformedError` (answer 400) is for bodies that
+are not a JWT at all, or that are signed but do not hold an event. `sign_event()` makes the
+same format for development, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from creditsync import config, inbox
+
+ALGORITHM = "RS256"
+LEEWAY = dt.timedelta(seconds=60)
+MAX_ID = 100
+MAX_EVENT_TYPE = 64
+MAX_PRODUCT = 200
+
+
+
+class RejectedError(Exception):
+    """Not signed by the marketplace (or no longer valid): 401, nothing stored."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class MalformedError(Exception):
+    """Not a webhook this endpoint understands: 400."""
+
+
+def load_public_key(pem: str) -> rsa.RSAPublicKey:
+    """The marketplace's RSA public key from PEM; `ConfigError` when it is not one."""
+    try:
+        key = serialization.load_pem_public_key(pem.strip().encode())
+    except ValueError as exc:
+        raise config.ConfigError(
+            "CREDITSYNC_WIX_PUBLIC_KEY is not a PEM public key (-----BEGIN PUBLIC KEY-----): "
+            "paste the key from the app's Wix Dev Center page"
+        ) from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise config.ConfigError("CREDITSYNC_WIX_PUBLIC_KEY must be an RSA key (RS256)")
+    return key
+
+
+JWT_SHAPE = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$"
+_SHAPE = re.compile(JWT_SHAPE)
+_JWS = jwt.PyJWS()
+
+
+def verify(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> dict[str, Any]:
+    """The verified claims of `token`; raises `RejectedError` or `MalformedError`."""
+    if not _SHAPE.match(token):
+        raise MalformedError(
+            "the body is not a JWT: the marketplace posts the signed event as the raw body")
+    try:
+        signed = _JWS.decode_complete(token, key, algorithms=[ALGORITHM])
+    except jwt.InvalidAlgorithmError as exc:
+        raise RejectedError("wrong_algorithm",
+                            f"the JWT is signed with {_algorithm(token)!r}; only {ALGORITHM} "
+                            "with the marketplace's key is accepted") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise RejectedError("bad_signature",
+                            "the JWT's signature does not match CREDITSYNC_WIX_PUBLIC_KEY: it "
+                            "was forged, altered, or signed for another app") from exc
+    except jwt.InvalidTokenError as exc:
+        raise RejectedError("bad_signature",
+                            f"the JWT cannot be decoded, so it cannot be verified: {exc}") from exc
+    # signed by the marketplace from here on: what is wrong inside is malformed, not forged
+    try:
+        claims = json.loads(signed["payload"])
+    except ValueError as exc:
+        raise MalformedError("the JWT's payload is not JSON") from exc
+    if not isinstance(claims, dict):
+        raise MalformedError("the JWT's payload is not a JSON object")
+    stamp = now.timestamp()
+    exp, iat, nbf = (_numeric(claims, name) for name in ("exp", "iat", "nbf"))
+    skew = LEEWAY.total_seconds()
+    if exp is not None and stamp >= exp + skew:
+        raise RejectedError("token_expired",
+                            f"the JWT expired at {_iso(exp)}; the marketplace retries with a "
+                            "fresh one")
+    for name, value in (("iat", iat), ("nbf", nbf)):
+        if value is not None and value > stamp + skew:
+            raise RejectedError("token_not_yet_valid",
+                                f"the JWT's {name} {_iso(value)} is in the future: check "
+                                "this server's clock")
+    return claims
+
+
+def _algorithm(token: str) -> object:
+    try:
+        return jwt.get_unverified_header(token).get("alg")
+    except jwt.DecodeError:
+        return None
+
+
+def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedError(f"the JWT claim {name} must be a number of seconds since the epoch")
+    return float(value)
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+
+
+def decode_event(claims: Mapping[str, Any]) -> inbox.Incoming:
+    """The inbox event a verified JWT carries; raises `MalformedError`."""
+    envelope = _json_object(claims.get("data"), "the JWT claim `data`")
+    event_type = _text(envelope, "eventType", MAX_EVENT_TYPE, "`data`")
+    instance_id = _text(envelope, "instanceId", MAX_ID, "`data`")
+    fields = _json_object(envelope.get("data", {}), "`data.data`")
+    product = fields.get("vendorProductId")
+    if product is not None and (not isinstance(product, str) or len(product) > MAX_PRODUCT
+                                or "\x00" in product):
+        raise MalformedError(
+            f"vendorProductId must be a string of at most {MAX_PRODUCT} characters")
+    when = _time(fields, "operationTimeStamp")
+    if when is None:
+        # install/remove events carry no operationTimeStamp: the signing time orders them
+        iat = _numeric(claims, "iat")
+        if iat is None:
+            raise MalformedError(f"{event_type} has neither operationTimeStamp nor the JWT's iat: "
+                            "its time is unknown")
+        when = dt.datetime.fromtimestamp(iat, dt.UTC)
+    return inbox.Incoming(
+        instance_id=instance_id, event_type=event_type, operation_time=when,
+        product_id=product or None, expires_at=_time(fields, "expiresOn"),
+        payload=dict(fields))
+
+
+def parse(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> inbox.Incoming:
+    """Verify and decode one webhook body."""
+    return decode_event(verify(token, key, now))
+
+
+def _json_object(value: object, what: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise MalformedError(f"{what} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise MalformedError(f"{what} must be a JSON object (or a string holding one)")
+    return value
+
+
+def _text(obj: Mapping[str, Any], name: str, limit: int, where: str) -> str:
+    value = obj.get(name)
+    if (not isinstance(value, str) or not value.strip() or len(value) > limit
+            or "\x00" in value):
+        raise MalformedError(f"{where} needs {name}: a non-empty string of at most {limit} "
+                        "characters")
+    return value
+
+
+def _time(fields: Mapping[str, Any], name: str) -> dt.datetime | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise MalformedError(f"{name} must be an ISO 8601 time with a zone, e.g. "
+                        f"2026-01-10T12:00:00.000Z; got {value!r}")
+    return moment.astimezone(dt.UTC)
+
+
+def sign_event(
+    private_key: rsa.RSAPrivateKey, event_type: str, instance_id: str,
+    fields: Mapping[str, Any], *, now: dt.datetime, ttl: dt.timedelta = dt.timedelta(minutes=5),
+) -> str:
+    """A webhook body as the marketplace would post it (for development, tests, benchmarks)."""
+    envelope = {"eventType": event_type, "instanceId": instance_id,
+                "data": json.dumps(dict(fields))}
+    issued = int(now.timestamp())
+    claims = {"data": json.dumps(envelope), "iat": issued,
+              "exp": issued + int(ttl.total_seconds())}
+    return jwt.encode(claims, private_key, algorithm=ALGORITHM)
+
+
+def event_fields(
+    event_type: str, *, product: str | None = None, at: dt.datetime | None = None,
+    expires: dt.datetime | None = None, previous_product: str | None = None,
+    cycle: str = "MONTHLY", invoice_id: str | None = None,
+) -> dict[str, Any]:
+    """The inner `data` fields of an event in the marketplace's format."""
+    fields: dict[str, Any] = {}
+    if product is not None:
+        fields["vendorProductId"] = product
+        fields["cycle"] = cycle
+    if previous_product is not None:
+        fields["previousVendorProductId"] = previous_product
+    if at is not None:
+        fields["operationTimeStamp"] = marketplace_time(at)
+    if expires is not None:
+        fields["expiresOn"] = marketplace_time(expires)
+    if invoice_id is not None:
+        fields["invoiceId"] = invoice_id
+    return fields
+
+
+def marketplace_time(moment: dt.datetime) -> str:
+    """`2026-01-10T12:00:00.000Z`, the marketplace's timestamp format."""
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

@@ -1,0 +1,82 @@
+"""Serving the API from the CLI: secrets (or dev keys), uvicorn, and the `--dev` banner.
+
+`creditsync_api` is imported lazily, inside these functions, so commands that never serve
+(`db`, `check`, `sync`, `plans`) do not load FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import click
+
+from creditsync import config
+from creditsync.cli.context import Context
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("creditsync.cli")
+
+
+def use_dev_keys(ctx: Context) -> None:
+    """Create the local development keys if missing and make them this process's secrets."""
+    from creditsync_api import devkeys
+
+    keys, created = devkeys.ensure(devkeys.DEFAULT_DIR)
+    ctx.settings = keys.apply(ctx.settings)
+    log.warning("%s development keys in %s: never use them in production",
+                "created" if created else "using", keys.directory.resolve())
+
+
+def require_secrets(ctx: Context) -> None:
+    try:
+        ctx.settings.require_secrets()
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def build_app(ctx: Context) -> FastAPI:
+    from creditsync_api import main as api
+
+    try:
+        return api.create_app(ctx.settings)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def serve(app: FastAPI, host: str, port: int, access_log: bool) -> None:
+    """Run uvicorn until SIGINT/SIGTERM; a failed start-up (e.g. the schema) exits 3."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=access_log, lifespan="on",
+        server_header=False, timeout_graceful_shutdown=10))
+    log.info("serving the API on http://%s:%d (OpenAPI at /docs)", host, port)
+    server.run()
+    if not server.started:
+        raise click.exceptions.Exit(3)
+
+
+def dev_banner(host: str, port: int) -> str:
+    base = f"http://{host}:{port}"
+    hook = f"{base}/api/webhooks/billing"
+    auth = '"Authorization: Bearer $(creditsync dev token --instance demo-1)"'
+    return f"""
+creditsync is running with development keys from ./.creditsync-dev (not for production).
+In another terminal, in this directory, try:
+
+  # the marketplace installs the app on instance demo-1, then Pro is bought for it
+  creditsync dev webhook AppInstalled --instance demo-1 --post {hook}
+  creditsync dev webhook PaidPlanPurchased --instance demo-1 --product pro > purchase.jwt
+  curl -s --data-binary @purchase.jwt {hook}           # "applied"
+  curl -s -H {auth} {base}/api/billing/credits       # creditsTotal 5000
+  curl -s --data-binary @purchase.jwt {hook}           # again: "duplicate", nothing changes
+  creditsync dev webhook PaidPlanPurchased --instance demo-1 --product scale --forge --post {hook}
+                                                       # forged: 401, nothing stored
+  curl -s -X POST -H {auth} {base}/api/billing/sync-credits
+  curl -s -H "Authorization: Bearer $(cat .creditsync-dev/admin-token)" {base}/api/admin/instances
+
+OpenAPI: {base}/docs   metrics: {base}/metrics
+"""

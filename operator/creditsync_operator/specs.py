@@ -1,0 +1,80 @@
+"""The custom resources' specs as frozen values, validated beyond what the CRD schema can say.
+
+The API server already enforces types, enums, bounds and the duration pattern; this adds
+what a schema cannot express (an interval of at least a second, a catalog-valid plan) and
+gives the handlers typed values instead of dictionaries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from creditsync import config, plans, policy
+
+MIN_INTERVAL = dt.timedelta(seconds=1)
+MAX_BATCH_SIZE = 100_000
+MAX_PLAN_ID = 100  # the catalog's id column
+DEFAULT_INTERVAL = "60s"
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot act on; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """A `CreditSync` spec: when and how to converge."""
+
+    interval: dt.timedelta = dt.timedelta(seconds=60)
+    batch_size: int = 5000
+    pol: policy.Policy = field(default_factory=policy.Policy)
+    suspend: bool = False
+    dry_run: bool = False
+
+
+def _duration(spec: Mapping[str, Any], key: str, default: str) -> dt.timedelta:
+    raw = spec.get(key, default)
+    if not isinstance(raw, str):
+        raise SpecError(f"spec.{key} must be a duration string such as 60s, 5m or 6h")
+    try:
+        return config.parse_duration(raw)
+    except config.ConfigError as exc:
+        raise SpecError(f"spec.{key}: {exc}") from exc
+
+
+def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
+    """The `CreditSync` spec, with the CRD's defaults for missing fields."""
+    interval = _duration(spec, "interval", DEFAULT_INTERVAL)
+    if interval < MIN_INTERVAL:
+        raise SpecError(f"spec.interval must be at least {MIN_INTERVAL.seconds}s")
+    grace = _duration(spec, "expiryGracePeriod", "0s")
+    batch = spec.get("batchSize", 5000)
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH_SIZE:
+        raise SpecError(f"spec.batchSize must be an integer from 1 to {MAX_BATCH_SIZE:,}")
+    usage = spec.get("usageOnPlanChange", "Reset")
+    if usage not in config.USAGE_POLICIES:
+        raise SpecError(
+            f"spec.usageOnPlanChange must be one of {', '.join(config.USAGE_POLICIES)}")
+    flags = {key: spec.get(key, False) for key in ("suspend", "dryRun")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise SpecError(f"spec.{key} must be true or false")
+    return SyncSpec(
+        interval=interval,
+        batch_size=batch,
+        pol=policy.Policy("Preserve" if usage == "Preserve" else "Reset", grace),
+        suspend=flags["suspend"],
+        dry_run=flags["dryRun"],
+    )
+
+
+def plan_of(name: str, spec: Mapping[str, Any]) -> plans.Plan:
+    """The catalog plan a `CreditPlan` named `name` stands for; raises `CatalogError`."""
+    if len(name) > MAX_PLAN_ID:
+        raise plans.CatalogError(f"plan {name}: the name may have at most {MAX_PLAN_ID} characters")
+    if "id" in spec:
+        raise plans.CatalogError(f"plan {name}: the plan id is the resource's name; remove spec.id")
+    return plans.plan_from_mapping({**spec, "id": name}, where=f"plan {name}")

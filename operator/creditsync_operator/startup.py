@@ -1,0 +1,75 @@
+"""Operator start-up and shutdown: configure kopf once, build the engine, check the schema.
+
+kopf is told to keep its state under our own names (`creditsync.io/...` annotations and
+the `creditsync.io/finalizer` finalizer), to post only warnings as Events (handlers post
+their own aggregated Events), to share the `creditsync` KopfPeering, and to cap its thread
+pool. The database engine and the alerter are built once, into `memo`. An outdated schema
+stops the operator with the command that fixes it; an unreachable database is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from creditsync import alerts, config
+from creditsync.storage import database, schema
+from creditsync_operator import resources, state, status
+
+log = logging.getLogger("creditsync.operator")
+
+MAX_WORKERS = 8  # threads for database work
+WORKER_LIMIT = 32  # objects handled concurrently
+STARTUP_RETRY = 5.0
+EXIT_TIMEOUT = 5.0  # a stopping timer may still be writing its last status
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Our kopf settings (separate from the handler so that tests can check them)."""
+    settings.persistence.finalizer = resources.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=resources.ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=resources.ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.execution.max_workers = MAX_WORKERS
+    settings.queueing.worker_limit = WORKER_LIMIT
+    if settings.peering.name == "default":  # kopf's; `creditsync operator` passes ours
+        settings.peering.name = resources.PEERING_NAME
+    settings.posting.level = logging.WARNING
+    settings.background.instant_exit_timeout = EXIT_TIMEOUT
+    settings.posting.reporting_component = resources.COMPONENT
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    try:
+        cfg = config.from_env()
+        alerter = alerts.from_settings(cfg, source=resources.COMPONENT)
+    except config.ConfigError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    engine = database.create(cfg.database_url)
+    try:
+        await state.blocking(settings.execution.executor, schema.require_current, engine)
+    except schema.SchemaOutdated as exc:
+        engine.dispose()
+        raise kopf.PermanentError(str(exc)) from exc
+    except Exception as exc:
+        engine.dispose()
+        raise kopf.TemporaryError(
+            f"cannot check the schema at {database.describe(cfg.database_url)}: "
+            f"{status.describe_error(exc)}", delay=STARTUP_RETRY) from exc
+    memo[state.SHARED] = state.Shared(engine, cfg, settings.execution.executor, alerter)
+    log.info("operator ready on %s (peering %s)", database.describe(cfg.database_url),
+             "off" if settings.peering.standalone else settings.peering.name)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    found = memo.get(state.SHARED)
+    if isinstance(found, state.Shared):
+        if found.alerter is not None:
+            found.alerter.close(timeout=5)
+        found.engine.dispose()

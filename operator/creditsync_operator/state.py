@@ -1,0 +1,113 @@
+"""What the handlers share, kept in kopf's `memo`.
+
+The startup handler puts one `Shared` into the root memo; kopf copies the root memo
+shallowly into every object's memo, so all handlers see the same engine, alerter, catalog
+change counter and instance counts. Per-object state (a loop's schedule) lives in that
+object's own memo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import kopf
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from creditsync import alerts, config
+from creditsync.storage import database, models
+from creditsync_operator import schedule
+
+log = logging.getLogger("creditsync.operator")
+
+SHARED = "creditsync"
+LOOP = "creditsync_loop"
+LOOP_ALIVE = 10.0  # a loop that polled within this many seconds is alive
+COUNTS_TTL = 30.0  # instance counts are refreshed at least this often while plans exist
+
+T = TypeVar("T")
+
+
+@dataclass
+class Shared:
+    """The operator-wide state: one per process."""
+
+    engine: Engine
+    settings: config.Settings
+    executor: concurrent.futures.Executor  # kopf's thread pool, for blocking database work
+    alerter: alerts.Alerter | None = None
+    plan_generation: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    counts_version: int = 0
+    counts_at: float | None = None
+    _heartbeats: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _refreshing: threading.Lock = field(default_factory=threading.Lock)
+
+    def plan_changed(self) -> None:
+        """The catalog changed: every loop converges promptly."""
+        with self._lock:
+            self.plan_generation += 1
+
+    def beat(self, uid: str) -> None:
+        with self._lock:
+            self._heartbeats[uid] = time.monotonic()
+
+    def live_loops(self) -> int:
+        """How many CreditSync loops polled lately (0: nobody converges on its own)."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(1 for at in self._heartbeats.values() if now - at < LOOP_ALIVE)
+
+    def counts_stale(self) -> bool:
+        return self.counts_at is None or time.monotonic() - self.counts_at > COUNTS_TTL
+
+    def refresh_counts(self) -> None:
+        """Count instances per plan (blocking; one refresh at a time, others skip)."""
+        if not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            self.counts_at = time.monotonic()  # a failed attempt also waits for the TTL
+            inst = models.INSTANCES
+            query = sa.select(inst.c.plan_id, sa.func.count()).group_by(inst.c.plan_id)
+            with database.read(self.engine) as conn:
+                found = {str(plan): int(n) for plan, n in conn.execute(query)}
+            with self._lock:
+                if found != self.counts:
+                    self.counts = found
+                    self.counts_version += 1
+        finally:
+            self._refreshing.release()
+
+    def alert(self, alert: alerts.Alert) -> None:
+        if self.alerter is not None:
+            self.alerter.send(alert)
+
+
+def shared(memo: kopf.Memo) -> Shared:
+    found = memo.get(SHARED)
+    if not isinstance(found, Shared):
+        raise kopf.TemporaryError("the operator is still starting up", delay=1)
+    return found
+
+
+def loop_state(memo: kopf.Memo) -> schedule.LoopState:
+    found = memo.get(LOOP)
+    if not isinstance(found, schedule.LoopState):
+        found = memo[LOOP] = schedule.LoopState()
+    return found
+
+
+async def blocking(executor: concurrent.futures.Executor, fn: Callable[..., T],
+                   *args: object) -> T:
+    """Run blocking database work on `executor` (kopf's pool: its worker limit applies)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(fn, *args))

@@ -1,0 +1,151 @@
+"""What a `CreditSync`'s status says after a run, an error, a suspension or a bad spec.
+
+Pure functions of the run's summary and the webhook backlog; every field here is declared
+in `deploy/crds/creditsyncs.yaml` (the API server would silently prune anything else).
+`drifted` is what is still drifted after the run: 0 once everything converged; in a dry
+run, everything the run found.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy.exc
+
+from creditsync import convergence
+from creditsync.storage import database
+from creditsync_operator import conditions
+from creditsync_operator.conditions import CONVERGED, DEGRADED, READY, Condition
+
+MAX_MESSAGE = 600
+BACKLOG = ("pending", "quarantined", "failed")
+
+# why a run could not happen
+DATABASE_UNAVAILABLE = "DatabaseUnavailable"
+SYNC_FAILED = "SyncFailed"
+INVALID_SPEC = "InvalidSpec"
+SUSPENDED = "Suspended"
+PLAN_MISSING = "PlanMissing"
+
+
+def duration(seconds: float) -> str:
+    """A Go-style duration string (`1.234s`), as Kubernetes shows durations."""
+    return f"{seconds:.3f}s"
+
+
+def remaining_drift(summary: convergence.Summary) -> int:
+    """Instances still drifted after the run (a dry run repairs nothing)."""
+    if summary.dry_run:
+        return summary.drifted
+    return max(summary.drifted - summary.repaired, 0)
+
+
+def for_run(
+    summary: convergence.Summary,
+    backlog: Mapping[str, int],
+    *,
+    generation: int | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The status fields (merge-patched) after a run."""
+    fields: dict[str, Any] = {
+        "instances": summary.scanned,
+        "drifted": remaining_drift(summary),
+        "missingPlans": sorted(summary.missing_plans),
+        "lastRun": {
+            "runId": summary.run_id,
+            "trigger": summary.trigger,
+            "dryRun": summary.dry_run,
+            "startedAt": conditions.timestamp(summary.started_at),
+            "scanned": summary.scanned,
+            "drifted": summary.drifted,
+            "repaired": summary.repaired,
+            "failed": summary.failed,
+            "planMissing": summary.plan_missing,
+            "duration": duration(summary.duration_s),
+        },
+        "webhookBacklog": {status: int(backlog.get(status, 0)) for status in BACKLOG},
+    }
+    if not summary.dry_run:
+        fields["lastSyncTime"] = conditions.timestamp(now)
+    if generation is not None:
+        fields["observedGeneration"] = generation
+    return fields
+
+
+def run_conditions(summary: convergence.Summary) -> list[Condition]:
+    left = remaining_drift(summary)
+    if summary.plan_missing:
+        plans = ", ".join(sorted(summary.missing_plans))
+        missing = (f"{summary.plan_missing:,} instance(s) are on plan(s) {plans}, which the "
+                   "catalog no longer has; they keep their credits until the plan is back")
+        return [
+            Condition(READY, "True", "Synced", f"converged {summary.scanned:,} instances; "
+                      f"{missing}"),
+            Condition(CONVERGED, "False", PLAN_MISSING, missing),
+            Condition(DEGRADED, "True", PLAN_MISSING, missing),
+        ]
+    if summary.dry_run:
+        found = (f"dry run: {summary.drifted:,} of {summary.scanned:,} instances drifted; "
+                 "nothing was repaired (spec.dryRun)")
+        converged = (Condition(CONVERGED, "True", "InSync", found) if not left
+                     else Condition(CONVERGED, "False", "DryRun", found))
+        return [Condition(READY, "True", "DryRun", found), converged,
+                Condition(DEGRADED, "False", "AsExpected", "")]
+    done = (f"{summary.trigger} run: scanned {summary.scanned:,}, repaired "
+            f"{summary.repaired:,} of {summary.drifted:,} drifted")
+    converged = (
+        Condition(CONVERGED, "True", "InSync", f"all {summary.scanned:,} instances match their "
+                  "plans")
+        if not left else
+        Condition(CONVERGED, "False", "DriftRemaining", f"{left:,} instance(s) could not be "
+                  "repaired (concurrent usage won the race); they are retried on the next run")
+    )
+    return [Condition(READY, "True", "Synced", done), converged,
+            Condition(DEGRADED, "False", "AsExpected", "")]
+
+
+def is_database_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+                      | sqlalchemy.exc.TimeoutError | database.DatabaseUnavailable)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-paragraph message: the driver's own words, not SQLAlchemy's wrapping."""
+    inner = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
+    text = " ".join(str(inner).split()) or type(inner).__name__
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
+
+
+def error_reason(exc: BaseException) -> str:
+    return DATABASE_UNAVAILABLE if is_database_error(exc) else SYNC_FAILED
+
+
+def error_conditions(reason: str, message: str, retry_in: float) -> list[Condition]:
+    text = f"{message} (retrying in {retry_in:.0f}s)"
+    return [
+        Condition(READY, "False", reason, text),
+        Condition(CONVERGED, "Unknown", reason, "no run could complete"),
+        Condition(DEGRADED, "True", reason, text),
+    ]
+
+
+def suspended_conditions() -> list[Condition]:
+    why = "spec.suspend is true: no convergence until it is false"
+    return [Condition(READY, "True", SUSPENDED, why), Condition(CONVERGED, "Unknown", SUSPENDED,
+                                                                why)]
+
+
+def invalid_conditions(message: str) -> list[Condition]:
+    return [
+        Condition(READY, "False", INVALID_SPEC, message),
+        Condition(CONVERGED, "Unknown", INVALID_SPEC, "no run until the spec is fixed"),
+        Condition(DEGRADED, "True", INVALID_SPEC, message),
+    ]
+
+
+def degraded(updates: list[Condition]) -> Condition | None:
+    """The Degraded condition among `updates`, if they set one."""
+    return next((c for c in updates if c.type == DEGRADED), None)

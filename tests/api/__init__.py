@@ -1,0 +1,1 @@
+"""Tests of the FastAPI sidecar (creditsync_api), through TestClient and real uvicorn."""

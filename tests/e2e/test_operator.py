@@ -1,0 +1,537 @@
+"""The operator end to end: a real kube-apiserver, real PostgreSQL, `creditsync operator`
+running as its own process with the least-privileged RBAC of `deploy/rbac.yaml`.
+
+One cluster, database and operator serve the whole module; the tests run in order and
+each one leaves the system converged for the next. Everything is polled with timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from creditsync import convergence, inbox, locks, seed
+from creditsync.storage import database, models
+from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, operator_kubeconfig
+from tests.support.kubecluster import KubeCluster, kubectl
+from tests.support.postgres import PostgresCluster, free_port
+from tests.support.sinks import HttpSink, SmtpSink
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+NS = OPERATOR_NAMESPACE
+GROUP, VERSION = "creditsync.io", "v1alpha1"
+INSTANCES, DRIFTED_PCT = 200, 20  # seed: 120 free, 40 starter, 20 pro, 20 scale; 40 drifted
+TEMPLATE = "creditsync_template"  # tests/conftest.py: schema at head, built-in catalog
+LIVENESS = f"http://127.0.0.1:{free_port()}/healthz"
+T = TypeVar("T")
+
+
+@dataclass
+class System:
+    cluster: KubeCluster
+    engine: Engine
+    url: str
+    pg: PostgresCluster
+    custom: Any  # kubernetes.client.CustomObjectsApi
+    core: Any  # kubernetes.client.CoreV1Api
+    http: HttpSink
+    smtp: SmtpSink
+    log_dir: Path
+    env: dict[str, str]
+    operators: list[OperatorProcess]
+
+    # ---- waiting --------------------------------------------------------------------
+
+    def wait(self, what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+        deadline = time.monotonic() + timeout
+        last: T | None = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                last = probe()
+                if last:
+                    return last
+            time.sleep(0.2)
+        logs = "\n".join(op.tail() for op in self.operators)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; "
+                             f"last: {last!r}\n{logs}")
+
+    # ---- Kubernetes ---------------------------------------------------------------
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, NS, plural, name)
+        return found
+
+    def sync(self) -> dict[str, Any]:
+        return self.get("creditsyncs", "creditsync")
+
+    def wait_sync(self, what: str, ok: Callable[[dict[str, Any]], object],
+                  timeout: float = 30.0) -> dict[str, Any]:
+        """The CreditSync once `ok(it)` holds."""
+        def probe() -> dict[str, Any] | None:
+            found = self.sync()
+            return found if ok(found) else None
+        return self.wait(what, probe, timeout)
+
+    def patch(self, plural: str, name: str, spec: dict[str, Any]) -> int:
+        """Merge-patch the spec; returns the new generation."""
+        done = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, plural, name, {"spec": spec})
+        return int(done["metadata"]["generation"])
+
+    def events(self, name: str, reason: str | None = None) -> list[Any]:
+        found = self.core.list_namespaced_event(
+            NS, field_selector=f"involvedObject.name={name}").items
+        return [e for e in found if reason is None or e.reason == reason]
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        result = kubectl(self.cluster, "-n", NS, *args, input=stdin)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    def start_operator(self, name: str, *args: str) -> OperatorProcess:
+        op = OperatorProcess(name, self.log_dir, self.env, ("--namespace", NS, *args))
+        self.operators.append(op)
+        return op
+
+    # ---- the database -------------------------------------------------------------
+
+    def credits(self, plan: str) -> set[tuple[str, int]]:
+        """(plan, credits_total) pairs of the instances seeded on `plan`'s slot."""
+        inst = models.INSTANCES
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(inst.c.plan_id, inst.c.credits_total)
+                                .where(inst.c.plan_id == plan).distinct())
+            return {(str(p), int(c)) for p, c in rows}
+
+    def drifted(self) -> list[convergence.Drift]:
+        return list(convergence.scan(self.engine))
+
+    def hand_edit(self, instance_ids: list[str], credits_total: int) -> None:
+        inst = models.INSTANCES
+        with database.write(self.engine) as conn:
+            conn.execute(inst.update().where(inst.c.instance_id.in_(instance_ids))
+                         .values(credits_total=credits_total))
+
+    def runs(self, trigger: str | None = None) -> int:
+        runs = models.SYNC_RUNS
+        query = sa.select(sa.func.count()).select_from(runs)
+        if trigger is not None:
+            query = query.where(runs.c.trigger == trigger)
+        with database.read(self.engine) as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for found in obj.get("status", {}).get("conditions", []):
+        if found["type"] == kind:
+            return dict(found)
+    return {}
+
+
+def status_of(obj: dict[str, Any], kind: str) -> tuple[str, str]:
+    found = condition(obj, kind)
+    return found.get("status", ""), found.get("reason", "")
+
+
+def table(text: str) -> list[list[str]]:
+    """`kubectl get` output as rows of cells (split on runs of 2+ spaces)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+@contextlib.contextmanager
+def holding_the_lock(engine: Engine, timeout: float = 10.0) -> Iterator[None]:
+    """Hold the convergence lock, as another runner (`creditsync run`) would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with locks.convergence_lock(engine) as held:
+            if held:
+                yield
+                return
+        time.sleep(0.05)
+    raise AssertionError("the operator never let go of the convergence lock")
+
+
+def _create_database(pg: PostgresCluster, name: str) -> str:
+    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    admin.dispose()
+    return pg.url(name)
+
+
+def _drop_database(pg: PostgresCluster, name: str) -> None:
+    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def system(kube: KubeCluster, pg: PostgresCluster,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    url = _create_database(pg, "e2e_operator")
+    engine = database.create(url)
+    seed.seed(engine, INSTANCES, DRIFTED_PCT, now=convergence.utcnow())
+
+    kubectl(kube, "create", "namespace", NS, check=True)
+    kubectl(kube, "apply", "-f", str(DEPLOY / "crds"), "-f", str(DEPLOY / "rbac.yaml"),
+            check=True)
+    kubectl(kube, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s",
+            check=True)
+    sa_config = operator_kubeconfig(kube)
+    deadline = time.monotonic() + 30
+    while kubectl(kube, "auth", "can-i", "patch", "creditsyncs.creditsync.io", "-n", NS,
+                  "--subresource=status", kubeconfig=sa_config).stdout.strip() != "yes":
+        assert time.monotonic() < deadline, "the operator's RBAC never took effect"
+        time.sleep(0.2)
+    kubectl(kube, "-n", NS, "apply", "-f", str(DEPLOY / "examples"), check=True)
+    # the example runs every minute; hour-long intervals prove that runs come from triggers
+    kubectl(kube, "-n", NS, "patch", "creditsyncs", "creditsync", "--type=merge",
+            "-p", '{"spec": {"interval": "1h"}}', check=True)
+
+    api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kube.admin_kubeconfig))
+    with HttpSink() as http, SmtpSink() as smtp, api:
+        env = {
+            "KUBECONFIG": str(sa_config),
+            "CREDITSYNC_DATABASE_URL": url,
+            "CREDITSYNC_ALERT_WEBHOOK_URL": http.url,
+            "CREDITSYNC_ALERT_SMTP_URL": smtp.url(),
+            "CREDITSYNC_ALERT_THROTTLE": "1s",
+        }
+        system = System(kube, engine, url, pg, kubernetes.client.CustomObjectsApi(api),
+                        kubernetes.client.CoreV1Api(api), http, smtp,
+                        tmp_path_factory.mktemp("operators"), env, [])
+        system.start_operator("operator-1", "--liveness", LIVENESS)
+        try:
+            yield system
+        finally:
+            for op in system.operators:
+                op.stop()
+            engine.dispose()
+            _drop_database(pg, "e2e_operator")
+
+
+def test_the_api_server_validates_our_resources(system: System) -> None:
+    bad_plan = ("apiVersion: creditsync.io/v1alpha1\nkind: CreditPlan\nmetadata: {name: bad}\n"
+                "spec: {monthlyCredits: -5, aliases: [x, x]}\n")
+    out = kubectl(system.cluster, "-n", NS, "apply", "-f", "-", input=bad_plan)
+    assert out.returncode != 0
+    assert "spec.monthlyCredits in body should be greater than or equal to 0" in out.stderr
+    assert 'spec.aliases[1]: Duplicate value: "x"' in out.stderr
+    bad_sync = ("apiVersion: creditsync.io/v1alpha1\nkind: CreditSync\nmetadata: {name: bad}\n"
+                "spec: {interval: 5 minutes, usageOnPlanChange: Keep, batchSize: 0}\n")
+    out = kubectl(system.cluster, "-n", NS, "apply", "-f", "-", input=bad_sync)
+    assert out.returncode != 0
+    assert "spec.interval in body should match" in out.stderr
+    assert 'spec.usageOnPlanChange: Unsupported value: "Keep"' in out.stderr
+    assert "spec.batchSize in body should be greater than or equal to 1" in out.stderr
+    # defaults come from the schema; short names and the category work
+    spec = system.sync()["spec"]
+    assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
+                    "expiryGracePeriod": "0s", "suspend": False, "dryRun": False}
+    kinds = system.kubectl("get", "creditsync", "-o", "name").split()
+    assert "creditsync.creditsync.io/creditsync" in kinds
+    assert "creditplan.creditsync.io/pro" in kinds
+    assert system.kubectl("get", "csync", "-o", "name").split() == [
+        "creditsync.creditsync.io/creditsync"]
+
+
+def test_start_up_converges_drift_and_reports_it(system: System) -> None:
+    drifted = seed.drifted_count(INSTANCES, DRIFTED_PCT)
+    obj = system.wait_sync("the start-up run's status",
+                           lambda s: s.get("status", {}).get("lastSyncTime"))
+    status = obj["status"]
+    assert status["instances"] == INSTANCES
+    assert status["drifted"] == 0
+    last = status["lastRun"]
+    assert (last["trigger"], last["scanned"], last["drifted"], last["repaired"],
+            last["failed"], last["planMissing"], last["dryRun"]) == (
+        "startup", INSTANCES, drifted, drifted, 0, 0, False)
+    assert re.fullmatch(r"\d+\.\d{3}s", last["duration"])
+    assert status["webhookBacklog"] == {"pending": 0, "quarantined": 0, "failed": 0}
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status_of(obj, "Ready") == ("True", "Synced")
+    assert status_of(obj, "Converged") == ("True", "InSync")
+    assert status_of(obj, "Degraded") == ("False", "AsExpected")
+    assert condition(obj, "Ready")["observedGeneration"] == obj["metadata"]["generation"]
+    assert system.drifted() == []
+
+    [event] = system.events("creditsync", "Repaired")
+    assert event.type == "Normal"
+    assert event.message.startswith(f"startup run repaired {drifted} of {INSTANCES} instances: ")
+    assert event.message.endswith(f" and {drifted - 5} more")
+    assert event.message.count("seed-") == 5
+
+    rows = table(system.kubectl("get", "creditsyncs"))
+    assert rows[0] == ["NAME", "READY", "INSTANCES", "DRIFTED", "LAST SYNC", "AGE"]
+    assert rows[1][:4] == ["creditsync", "True", str(INSTANCES), "0"]
+    expected = {"free": ("100", "120"), "starter": ("1000", "40"), "pro": ("5000", "20"),
+                "scale": ("25000", "20")}
+
+    def plan_rows() -> dict[str, tuple[str, ...]] | None:
+        rows = table(system.kubectl("get", "creditplans"))
+        assert rows[0] == ["NAME", "CREDITS", "INSTANCES", "AGE"]
+        found = {row[0]: tuple(row[1:3]) for row in rows[1:]}
+        return found if found == expected else None
+
+    system.wait("plan instance counts in `kubectl get creditplans`", plan_rows)
+    pro = system.get("creditplans", "pro")
+    assert status_of(pro, "Ready") == ("True", "InCatalog")
+    with urllib.request.urlopen(LIVENESS, timeout=5) as probe:
+        assert probe.status == 200
+
+    # the drift alert reached both sinks
+    text = system.wait("the drift alert by webhook", lambda: [
+        t for t in system.http.texts() if f"{drifted} instances had drifted credits" in t])
+    assert f"A startup run found {drifted} of {INSTANCES} instances drifted and repaired " \
+           f"{drifted}." in text[0]
+    mail = system.wait("the drift alert by mail", lambda: [
+        m for m in system.smtp.mails
+        if m.message["Subject"] == f"[creditsync-operator] {drifted} instances had drifted "
+                                   "credits"])
+    assert mail[0].recipients == ["ops@example.test", "oncall@example.test"]
+    assert "Examples: seed-" in mail[0].message.get_content()
+
+
+def test_a_credit_change_reaches_every_instance_on_the_plan(system: System) -> None:
+    started = time.monotonic()
+    system.patch("creditplans", "pro", {"monthlyCredits": 6000})
+    system.wait("every pro instance at 6,000", lambda: system.credits("pro") == {("pro", 6000)})
+    assert time.monotonic() - started < 15  # promptly: the interval is an hour
+    obj = system.wait_sync("the plan_change run's status",
+                           lambda s: s["status"]["lastRun"]["trigger"] == "plan_change")
+    assert obj["status"]["lastRun"]["repaired"] == 20
+    ledger = models.LEDGER
+    with database.read(system.engine) as conn:
+        rows = conn.execute(sa.select(ledger.c.kind, ledger.c.credits_total_before,
+                                      ledger.c.credits_total_after, sa.func.count())
+                            .where(ledger.c.plan_after == "pro",
+                                   ledger.c.credits_total_after == 6000)
+                            .group_by(ledger.c.kind, ledger.c.credits_total_before,
+                                      ledger.c.credits_total_after)).all()
+    assert [tuple(r) for r in rows] == [("drift_repair", 5000, 6000, 20)]
+    assert system.events("pro", "CatalogUpdated")
+    rows_out = table(system.kubectl("get", "creditplans", "pro"))
+    assert rows_out[1][:3] == ["pro", "6000", "20"]
+
+
+def test_an_invalid_plan_is_rejected_with_an_event_and_a_condition(system: System) -> None:
+    system.kubectl("apply", "-f", "-", stdin=(
+        "apiVersion: creditsync.io/v1alpha1\nkind: CreditPlan\nmetadata: {name: gold}\n"
+        "spec: {monthlyCredits: 9000, default: true}\n"))
+    gold = system.wait("gold's condition", lambda: condition(
+        system.get("creditplans", "gold"), "Ready") and system.get("creditplans", "gold"))
+    ready = condition(gold, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidPlan")
+    assert ready["message"] == ("plans free, gold are all marked default: keep exactly one "
+                                "(the catalog keeps its previous state)")
+    [event] = system.wait("the InvalidPlan event", lambda: system.events("gold", "InvalidPlan"))
+    assert event.type == "Warning"
+    with database.read(system.engine) as conn:
+        assert conn.execute(sa.select(models.PLANS.c.id).where(models.PLANS.c.id == "gold")
+                            ).first() is None
+    system.kubectl("delete", "creditplan", "gold", "--timeout=30s")
+
+
+def test_deleting_a_plan_in_use_downgrades_nobody(system: System) -> None:
+    system.kubectl("delete", "creditplan", "scale", "--timeout=30s")
+    obj = system.wait_sync("Degraded/PlanMissing", lambda s: status_of(s, "Degraded") == (
+        "True", "PlanMissing"))
+    assert obj["status"]["missingPlans"] == ["scale"]
+    assert obj["status"]["drifted"] == 20
+    assert status_of(obj, "Converged") == ("False", "PlanMissing")
+    assert "20 instance(s) are on plan(s) scale" in condition(obj, "Degraded")["message"]
+    assert system.credits("scale") == {("scale", 25000)}  # nobody downgraded
+    assert system.wait("the Degraded event", lambda: system.events("creditsync", "Degraded"))
+    system.wait("the degraded alert", lambda: [
+        t for t in system.http.texts() if "is degraded: PlanMissing" in t])
+
+    system.kubectl("apply", "-f", str(DEPLOY / "examples" / "creditplans.yaml"))
+    system.patch("creditplans", "pro", {"monthlyCredits": 6000})  # keep the earlier change
+    obj = system.wait_sync("recovery from PlanMissing", lambda s: status_of(s, "Degraded") == (
+        "False", "AsExpected"))
+    assert obj["status"]["missingPlans"] == []
+    assert system.events("creditsync", "Recovered")
+    assert system.credits("scale") == {("scale", 25000)}
+    system.wait("pro back at 6,000", lambda: system.credits("pro") == {("pro", 6000)})
+
+
+def test_suspend_holds_convergence_until_resumed(system: System) -> None:
+    system.wait("a converged system", lambda: system.drifted() == [])
+    generation = system.patch("creditsyncs", "creditsync", {"suspend": True})
+    system.wait_sync("Suspended", lambda s: status_of(s, "Ready") == ("True", "Suspended")
+                     and s["status"]["observedGeneration"] == generation)
+    run_id = system.sync()["status"]["lastRun"]["runId"]
+    system.hand_edit(["seed-0000011", "seed-0000012"], 1)
+    system.patch("creditplans", "starter", {"monthlyCredits": 1500})
+    time.sleep(2)  # a window in which an unsuspended loop would have converged at once
+    assert system.credits("starter") == {("starter", 1000)}
+    assert len(system.drifted()) == 40 + 2
+    assert system.sync()["status"]["lastRun"]["runId"] == run_id
+
+    system.patch("creditsyncs", "creditsync", {"suspend": False})
+    obj = system.wait_sync("convergence after resuming", lambda s: s["status"]["lastRun"][
+        "runId"] != run_id and status_of(s, "Ready") == ("True", "Synced"))
+    assert obj["status"]["lastRun"]["trigger"] == "plan_change"
+    assert system.credits("starter") == {("starter", 1500)}
+    assert system.drifted() == []
+
+
+def test_a_new_interval_takes_effect_without_a_restart(system: System) -> None:
+    timer_runs = system.runs("timer")
+    system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    system.wait("timer runs every second", lambda: system.runs("timer") >= timer_runs + 4,
+                timeout=20)
+    runs = models.SYNC_RUNS
+    with database.read(system.engine) as conn:
+        starts = conn.execute(sa.select(runs.c.started_at).where(runs.c.trigger == "timer")
+                              .order_by(runs.c.started_at.desc()).limit(3)).scalars().all()
+    gaps = [(a - b).total_seconds() for a, b in itertools.pairwise(starts)]
+    assert all(0.9 <= gap < 2.5 for gap in gaps), gaps
+    system.hand_edit(["seed-0000021"], 7)
+    system.wait("a timer run repairing a hand edit", lambda: system.drifted() == [], timeout=10)
+
+    generation = system.patch("creditsyncs", "creditsync", {"interval": "1h"})
+    system.wait("the new generation observed", lambda: system.sync()["status"][
+        "observedGeneration"] == generation)
+    settled = system.runs("timer")
+    time.sleep(3)
+    assert system.runs("timer") == settled
+
+
+def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
+    system.hand_edit(["seed-0000031", "seed-0000032", "seed-0000033"], 3)
+    system.patch("creditsyncs", "creditsync", {"dryRun": True})
+    obj = system.wait_sync("the dry run's status", lambda s: s["status"]["lastRun"]["dryRun"])
+    assert obj["status"]["drifted"] == 3
+    assert status_of(obj, "Ready") == ("True", "DryRun")
+    assert status_of(obj, "Converged") == ("False", "DryRun")
+    assert len(system.drifted()) == 3
+    [event] = system.wait("the DriftFound event",
+                          lambda: system.events("creditsync", "DriftFound"))
+    assert event.message.startswith("dry run found 3 of 200 instances drifted, not repaired: ")
+
+    system.patch("creditsyncs", "creditsync", {"dryRun": False})
+    system.wait("repair once the dry run is off", lambda: system.drifted() == [])
+    system.wait("Converged again", lambda: status_of(system.sync(), "Converged") == (
+        "True", "InSync"))
+
+
+def test_due_webhooks_are_retried_and_the_backlog_is_reported(system: System) -> None:
+    now = convergence.utcnow()
+    paid = inbox.store(system.engine, inbox.Incoming(
+        "seed-0000001", "PaidPlanPurchased", now, "pro", None, {}), now)
+    unknown = inbox.store(system.engine, inbox.Incoming(
+        "seed-0000002", "PaidPlanPurchased", now, "enterprise-yearly", None, {}), now)
+    assert (paid.status, unknown.status) == ("pending", "pending")  # stored, not applied yet
+    events = models.WEBHOOK_EVENTS
+
+    def statuses() -> dict[str, str]:
+        with database.read(system.engine) as conn:
+            return {r.id: r.status for r in conn.execute(sa.select(events.c.id, events.c.status))}
+
+    system.wait("the operator retrying both", lambda: statuses() == {
+        paid.event_id: "applied", unknown.event_id: "quarantined"}, timeout=20)
+    assert system.credits("pro") == {("pro", 6000)}  # seed-0000001 bought pro
+    system.patch("creditsyncs", "creditsync", {"interval": "2s"})
+    system.wait("the backlog in the status", lambda: system.sync()["status"][
+        "webhookBacklog"] == {"pending": 0, "quarantined": 1, "failed": 0})
+    [alert] = system.wait("the webhook alert", lambda: [
+        t for t in system.http.texts() if "billing webhooks failed or quarantined" in t])
+    assert "1 more quarantined" in alert
+    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
+
+
+def test_a_database_outage_degrades_then_recovers_on_its_own(system: System) -> None:
+    system.patch("creditsyncs", "creditsync", {"interval": "2s"})
+    system.pg.stop()
+    try:
+        obj = system.wait_sync("Degraded/DatabaseUnavailable", lambda s: status_of(
+            s, "Degraded") == ("True", "DatabaseUnavailable"))
+        assert status_of(obj, "Ready") == ("False", "DatabaseUnavailable")
+        assert "connection" in condition(obj, "Degraded")["message"].lower()
+        assert re.search(r"\(retrying in \d+s\)$", condition(obj, "Degraded")["message"])
+        rows = table(system.kubectl("get", "creditsyncs"))
+        assert rows[1][:2] == ["creditsync", "False"]
+        system.wait("the outage alert", lambda: [
+            t for t in system.http.texts() if "is degraded: DatabaseUnavailable" in t])
+    finally:
+        system.pg.start()
+    obj = system.wait_sync("recovery after the outage", lambda s: status_of(
+        s, "Degraded") == ("False", "AsExpected"), timeout=60)
+    assert status_of(obj, "Ready") == ("True", "Synced")
+    system.wait("the recovery alert", lambda: [
+        t for t in system.http.texts() if "recovered" in t])
+    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
+
+
+def test_the_database_lock_keeps_runners_apart(system: System) -> None:
+    """While another runner (here: this test) converges, the operator does not."""
+    system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    with holding_the_lock(system.engine):
+        time.sleep(1)  # the status of the run before we took the lock lands
+        run_id = system.sync()["status"]["lastRun"]["runId"]
+        system.hand_edit(["seed-0000041"], 4)
+        time.sleep(2.5)  # two intervals and a lock retry
+        assert system.sync()["status"]["lastRun"]["runId"] == run_id
+        assert len(system.drifted()) == 1
+    system.wait("the operator's run once the lock is free", lambda: system.drifted() == [])
+    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
+
+
+def test_two_operators_only_one_converges(system: System) -> None:
+    first = system.operators[0]
+    system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    second = system.start_operator("operator-2")
+    system.wait("the second operator to start", lambda: "operator ready" in second.log())
+    peers = system.wait("both operators in the peering object", lambda: (
+        p := system.custom.get_namespaced_custom_object(
+            "kopf.dev", "v1", NS, "kopfpeerings", "creditsync").get("status", {}))
+        and len(p) == 2 and p)
+    assert len({peer["priority"] for peer in peers.values()}) == 2
+    before = first.log().count("creditsync.convergence: sync ")
+    time.sleep(3)
+    assert first.log().count("creditsync.convergence: sync ") >= before + 2
+    assert "creditsync.convergence: sync " not in second.log()
+
+    assert first.stop() == 0
+    system.wait("the second operator to take over", lambda: (
+        "creditsync.convergence: sync startup" in second.log()), timeout=30)
+    system.hand_edit(["seed-0000051"], 5)
+    system.wait("the second operator converging", lambda: system.drifted() == [])
+    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
+    assert second.running()
+
+
+def test_every_status_field_is_declared(system: System) -> None:
+    """The API server prunes undeclared fields: what we read back is what we wrote."""
+    status = system.sync()["status"]
+    assert set(status) == {"conditions", "observedGeneration", "instances", "drifted",
+                           "lastSyncTime", "missingPlans", "lastRun", "webhookBacklog"}
+    assert set(status["lastRun"]) == {"runId", "trigger", "dryRun", "startedAt", "scanned",
+                                      "drifted", "repaired", "failed", "planMissing",
+                                      "duration"}
+    last_sync = dt.datetime.fromisoformat(status["lastSyncTime"].replace("Z", "+00:00"))
+    assert dt.datetime.now(dt.UTC) - last_sync < dt.timedelta(minutes=10)
+    plan = system.get("creditplans", "free")["status"]
+    assert set(plan) == {"conditions", "instances", "observedGeneration"}

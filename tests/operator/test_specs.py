@@ -1,0 +1,63 @@
+"""Spec parsing: the CRD's defaults, durations, and what only the operator can reject."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from creditsync import plans, policy
+from creditsync_operator import specs
+
+
+def test_an_empty_spec_gets_the_crd_defaults() -> None:
+    assert specs.parse_sync({}) == specs.SyncSpec(
+        interval=dt.timedelta(seconds=60), batch_size=5000, pol=policy.Policy("Reset"),
+        suspend=False, dry_run=False)
+
+
+def test_a_full_spec() -> None:
+    parsed = specs.parse_sync({"interval": "1h30m", "batchSize": 200,
+                               "usageOnPlanChange": "Preserve", "expiryGracePeriod": "2d",
+                               "suspend": True, "dryRun": True})
+    assert parsed == specs.SyncSpec(
+        interval=dt.timedelta(hours=1, minutes=30), batch_size=200,
+        pol=policy.Policy("Preserve", dt.timedelta(days=2)), suspend=True, dry_run=True)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("5m", 300),
+                                               ("6h", 21600), ("1d2h", 93600)])
+def test_intervals(text: str, seconds: int) -> None:
+    assert specs.parse_sync({"interval": text}).interval.total_seconds() == seconds
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"interval": "0s"}, "spec.interval must be at least 1s"),
+    ({"interval": "5 minutes"}, "spec.interval: '5 minutes' is not a duration"),
+    ({"interval": 60}, "spec.interval must be a duration string"),
+    ({"expiryGracePeriod": "soon"}, "spec.expiryGracePeriod: 'soon' is not a duration"),
+    ({"batchSize": 0}, "spec.batchSize must be an integer from 1 to 100,000"),
+    ({"batchSize": True}, "spec.batchSize must be an integer"),
+    ({"usageOnPlanChange": "Keep"}, "spec.usageOnPlanChange must be one of Reset, Preserve"),
+    ({"dryRun": "yes"}, "spec.dryRun must be true or false"),
+])
+def test_bad_specs_say_which_field(spec: dict[str, object], says: str) -> None:
+    with pytest.raises(specs.SpecError, match="^" + says.replace("(", r"\(")):
+        specs.parse_sync(spec)
+
+
+def test_a_plan_is_named_by_its_resource() -> None:
+    plan = specs.plan_of("pro", {"monthlyCredits": 5000, "aliases": ["pro-monthly"],
+                                 "displayName": "Pro", "default": False})
+    assert plan == plans.Plan("pro", 5000, ("pro-monthly",), "Pro", False)
+
+
+@pytest.mark.parametrize(("name", "spec", "says"), [
+    ("x" * 101, {"monthlyCredits": 1}, "at most 100 characters"),
+    ("pro", {"id": "other", "monthlyCredits": 1}, "remove spec.id"),
+    ("pro", {"monthlyCredits": "5000"}, "monthlyCredits must be an integer"),
+    ("pro", {"monthlyCredits": 1, "color": "red"}, "unknown key"),
+])
+def test_plans_the_catalog_cannot_take(name: str, spec: dict[str, object], says: str) -> None:
+    with pytest.raises(plans.CatalogError, match=says):
+        specs.plan_of(name, spec)
