@@ -455,17 +455,20 @@ def ledger_row(
     }
 
 
-_SQLITE_UPDATE = """
-UPDATE instances SET plan_id = ?, credits_total = ?, credits_used_month = ?, period_start = ?,
-    period_end = ?, applied_rev = ?, version = version + 1, updated_at = ?, last_synced_at = ?
-WHERE instance_id = ? AND version = ?
-"""
+# Numbers field -> instances column, for the fields convergence may change
+_COLUMNS = {"plan_id": "plan_id", "credits_total": "credits_total",
+            "credits_used": "credits_used_month", "period_start": "period_start",
+            "period_end": "period_end", "applied_rev": "applied_rev"}
 _SQLITE_LEDGER = """
 INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
     credits_total_before, credits_total_after, credits_used_before, credits_used_after,
     bonus_before, bonus_after, reason)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+def _sqlite_value(value: object) -> object:
+    return models.sqlite_time(value) if isinstance(value, dt.datetime) else value
 
 
 def _apply_sqlite(
@@ -478,14 +481,21 @@ def _apply_sqlite(
     raw = conn.connection.driver_connection
     assert raw is not None
     stamp = models.sqlite_time(now)
-    cursor = raw.executemany(_SQLITE_UPDATE, [
-        (c.after.plan_id, c.after.credits_total, c.after.credits_used,
-         models.sqlite_time(c.after.period_start), models.sqlite_time(c.after.period_end),
-         c.after.applied_rev, stamp, stamp, c.instance_id, versions[c.instance_id])
-        for c in changes
-    ])
-    if cursor.rowcount != len(changes):
-        raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
+    # SQLite rewrites every index on a column named in SET, changed or not: so each
+    # statement sets only the columns its rows change (a repair touches two of six).
+    by_shape: dict[tuple[str, ...], list[Change]] = {}
+    for c in changes:
+        shape = tuple(f for f in _COLUMNS if getattr(c.before, f) != getattr(c.after, f))
+        by_shape.setdefault(shape, []).append(c)
+    for shape, group in by_shape.items():
+        sets = "".join(f"{_COLUMNS[f]} = ?, " for f in shape)
+        cursor = raw.executemany(
+            f"UPDATE instances SET {sets}version = version + 1, updated_at = ?, "
+            "last_synced_at = ? WHERE instance_id = ? AND version = ?",
+            [(*(_sqlite_value(getattr(c.after, f)) for f in shape), stamp, stamp,
+              c.instance_id, versions[c.instance_id]) for c in group])
+        if cursor.rowcount != len(group):
+            raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
     raw.executemany(_SQLITE_LEDGER, [
         (c.instance_id, stamp, step.kind, actor, correlation, step.before.plan_id,
          step.after.plan_id, step.before.credits_total, step.after.credits_total,
