@@ -19,12 +19,13 @@ from sqlalchemy.engine import Engine
 from creditsync import config, inbox_pg, policy
 from creditsync.storage import database, schema
 from creditsync_api import deps, errors, metrics, wix
-from creditsync_api.routes import admin, billing, credits, health, provision, webhooks
+from creditsync_api.routes import admin, billing, credits, health, pages, plans, provision, webhooks
 
-POOL_SIZE = 8
+POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
+ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
 ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
-           health.router)
+           health.router, plans.router, pages.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.
@@ -66,7 +67,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
             state.db_threads = anyio.CapacityLimiter(POOL_SIZE)
             if not database.is_sqlite(state.engine):
                 state.pg_pool = inbox_pg.pool(
-                    state.engine.url.render_as_string(hide_password=False), size=POOL_SIZE)
+                    state.engine.url.render_as_string(hide_password=False), size=ASYNC_POOL_SIZE)
                 await state.pg_pool.open(wait=True, timeout=10)
             yield
         finally:

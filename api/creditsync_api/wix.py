@@ -13,6 +13,7 @@ same format for development, tests and benchmarks.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
@@ -62,30 +63,39 @@ def load_public_key(pem: str) -> rsa.RSAPublicKey:
 
 JWT_SHAPE = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$"
 _SHAPE = re.compile(JWT_SHAPE)
-_JWS = jwt.PyJWS()
+_RS256 = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)
 
 
 def verify(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> dict[str, Any]:
-    """The verified claims of `token`; raises `RejectedError` or `MalformedError`."""
+    """The verified claims of `token`; raises `RejectedError` or `MalformedError`.
+
+    The segments are checked against the base64url alphabet by one regular expression and
+    decoded by the standard library; the signature is checked by PyJWT's RS256 (PyJWT's
+    own decoder checks the alphabet a character at a time, a third of this endpoint's CPU).
+    """
     if not _SHAPE.match(token):
         raise MalformedError(
             "the body is not a JWT: the marketplace posts the signed event as the raw body")
+    head, body, signature = token.split(".")
     try:
-        signed = _JWS.decode_complete(token, key, algorithms=[ALGORITHM])
-    except jwt.InvalidAlgorithmError as exc:
-        raise RejectedError("wrong_algorithm",
-                            f"the JWT is signed with {_algorithm(token)!r}; only {ALGORITHM} "
-                            "with the marketplace's key is accepted") from exc
-    except jwt.InvalidSignatureError as exc:
-        raise RejectedError("bad_signature",
-                            "the JWT's signature does not match CREDITSYNC_WIX_PUBLIC_KEY: it "
-                            "was forged, altered, or signed for another app") from exc
-    except jwt.InvalidTokenError as exc:
+        header = json.loads(_b64decode(head))
+        if not isinstance(header, dict):
+            raise ValueError("not an object")
+        raw_signature = _b64decode(signature)
+    except ValueError as exc:  # binascii.Error and JSON errors are ValueErrors
         raise RejectedError("bad_signature",
                             f"the JWT cannot be decoded, so it cannot be verified: {exc}") from exc
+    if header.get("alg") != ALGORITHM or "crit" in header:
+        raise RejectedError("wrong_algorithm",
+                            f"the JWT is signed with {header.get('alg')!r}; only {ALGORITHM} "
+                            "with the marketplace's key is accepted")
+    if not _RS256.verify(f"{head}.{body}".encode("ascii"), key, raw_signature):
+        raise RejectedError("bad_signature",
+                            "the JWT's signature does not match CREDITSYNC_WIX_PUBLIC_KEY: it "
+                            "was forged, altered, or signed for another app")
     # signed by the marketplace from here on: what is wrong inside is malformed, not forged
     try:
-        claims = json.loads(signed["payload"])
+        claims = json.loads(_b64decode(body))
     except ValueError as exc:
         raise MalformedError("the JWT's payload is not JSON") from exc
     if not isinstance(claims, dict):
@@ -105,11 +115,8 @@ def verify(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> dict[str, Any
     return claims
 
 
-def _algorithm(token: str) -> object:
-    try:
-        return jwt.get_unverified_header(token).get("alg")
-    except jwt.DecodeError:
-        return None
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def _numeric(claims: Mapping[str, Any], name: str) -> float | None:

@@ -15,16 +15,18 @@ Row locks replace the version guard: the event, subscription and instance rows a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg.types.json import Json
+from psycopg.types.json import Json, Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from creditsync import convergence, inbox, instances, plans, policy, subscriptions
@@ -48,46 +50,81 @@ SELECT id, false FROM webhook_events WHERE dedupe_key = %(key)s
 LIMIT 1
 """
 _EXISTING = "SELECT id FROM webhook_events WHERE dedupe_key = %s"
-_LOCK_EVENT = """
-SELECT instance_id, event_type, product_id, operation_time, payload, status
-FROM webhook_events WHERE id = %s FOR UPDATE"""
-_PLANS = """
-SELECT id, monthly_credits, aliases, display_name, is_default FROM plans
-ORDER BY monthly_credits, id"""
-_LOCK_SUBSCRIPTION = """
-SELECT plan_id, status, expires_at, rev, source_time FROM subscriptions
-WHERE instance_id = %s FOR UPDATE"""
-_LOCK_INSTANCE = """
-SELECT plan_id, credits_total, credits_used_month, bonus_credits, period_start, period_end,
-    applied_rev FROM instances WHERE instance_id = %s FOR UPDATE"""
-_INSERT_SUBSCRIPTION = """
-INSERT INTO subscriptions (instance_id, plan_id, status, expires_at, rev, source_time,
-    updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"""
-_UPDATE_SUBSCRIPTION = """
-UPDATE subscriptions SET plan_id = %s, status = %s, expires_at = %s, rev = %s,
-    source_time = %s, updated_at = %s WHERE instance_id = %s"""
-_INSERT_INSTANCE = """
-INSERT INTO instances (instance_id, plan_id, credits_total, bonus_credits, credits_used_month,
-    period_start, period_end, applied_rev, version, created_at, updated_at, last_synced_at)
-VALUES (%(instance_id)s, %(plan_id)s, %(credits_total)s, %(bonus_credits)s,
-    %(credits_used_month)s, %(period_start)s, %(period_end)s, %(applied_rev)s, %(version)s,
-    %(created_at)s, %(updated_at)s, %(last_synced_at)s)"""
-_UPDATE_INSTANCE = """
-UPDATE instances SET plan_id = %s, credits_total = %s, credits_used_month = %s,
-    period_start = %s, period_end = %s, applied_rev = %s, version = version + 1,
-    updated_at = %s, last_synced_at = %s WHERE instance_id = %s"""
-_TOUCH_INSTANCE = "UPDATE instances SET last_synced_at = %s WHERE instance_id = %s"
-_LEDGER = """
-INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
-    credits_total_before, credits_total_after, credits_used_before, credits_used_after,
-    bonus_before, bonus_after, reason)
-VALUES (%(instance_id)s, %(at)s, %(kind)s, %(actor)s, %(correlation_id)s, %(plan_before)s,
-    %(plan_after)s, %(credits_total_before)s, %(credits_total_after)s,
-    %(credits_used_before)s, %(credits_used_after)s, %(bonus_before)s, %(bonus_after)s,
-    %(reason)s)"""
-_DONE = """
-UPDATE webhook_events SET status = %s, attempts = attempts + 1, last_error = NULL,
-    next_attempt_at = NULL, applied_at = %s WHERE id = %s"""
+
+# Everything an apply decides from, in one statement: the event, its subscription and
+# instance (all three locked), and the catalog.
+_READ = """
+WITH ev AS (
+    SELECT instance_id, event_type, product_id, operation_time, payload, status
+    FROM webhook_events WHERE id = %(id)s FOR UPDATE
+), sub AS (
+    SELECT plan_id, status, expires_at, rev, source_time FROM subscriptions
+    WHERE instance_id = (SELECT instance_id FROM ev) FOR UPDATE
+), inst AS (
+    SELECT plan_id, credits_total, credits_used_month, bonus_credits, period_start,
+        period_end, applied_rev FROM instances
+    WHERE instance_id = (SELECT instance_id FROM ev) FOR UPDATE
+)
+SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.payload, ev.status,
+    (SELECT json_agg(json_build_array(p.id, p.monthly_credits, p.aliases, p.display_name,
+                                      p.is_default) ORDER BY p.monthly_credits, p.id)
+     FROM plans p),
+    sub.plan_id, sub.status, sub.expires_at, sub.rev, sub.source_time,
+    inst.plan_id, inst.credits_total, inst.credits_used_month, inst.bonus_credits,
+    inst.period_start, inst.period_end, inst.applied_rev
+FROM ev LEFT JOIN sub ON true LEFT JOIN inst ON true
+"""
+
+# Everything an apply writes, in one statement; the flags say which parts apply. A created
+# instance is inserted with its converged numbers (the reference inserts, then updates).
+_WRITE = """
+WITH created AS (
+    INSERT INTO instances (instance_id, plan_id, credits_total, bonus_credits,
+        credits_used_month, period_start, period_end, applied_rev, version, created_at,
+        updated_at, last_synced_at)
+    SELECT %(iid)s, %(c_plan)s, %(c_total)s, 0, %(c_used)s, %(c_start)s, %(c_end)s,
+        %(c_rev)s, %(c_version)s, %(now)s, %(now)s, %(now)s
+    WHERE %(create)s
+), converged AS (
+    UPDATE instances SET
+        plan_id = COALESCE(%(plan)s, plan_id),
+        credits_total = COALESCE(%(total)s, credits_total),
+        credits_used_month = COALESCE(%(used)s, credits_used_month),
+        period_start = COALESCE(%(start)s, period_start),
+        period_end = COALESCE(%(end)s, period_end),
+        applied_rev = COALESCE(%(rev)s, applied_rev),
+        version = version + %(bump)s,
+        updated_at = CASE WHEN %(bump)s > 0 THEN %(now)s ELSE updated_at END,
+        last_synced_at = %(now)s
+    WHERE instance_id = %(iid)s AND %(converge)s AND NOT %(create)s
+), subscription AS (
+    INSERT INTO subscriptions (instance_id, plan_id, status, expires_at, rev, source_time,
+        updated_at)
+    SELECT %(iid)s, %(s_plan)s, %(s_status)s, %(s_expires)s, %(s_rev)s, %(s_time)s, %(now)s
+    WHERE %(subscribe)s
+    ON CONFLICT (instance_id) DO UPDATE SET plan_id = EXCLUDED.plan_id,
+        status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, rev = EXCLUDED.rev,
+        source_time = EXCLUDED.source_time, updated_at = EXCLUDED.updated_at
+), entries AS (
+    INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
+        credits_total_before, credits_total_after, credits_used_before, credits_used_after,
+        bonus_before, bonus_after, reason)
+    SELECT %(iid)s, %(now)s, e.kind, e.actor, %(id)s, e.plan_before, e.plan_after,
+        e.credits_total_before, e.credits_total_after, e.credits_used_before,
+        e.credits_used_after, e.bonus_before, e.bonus_after, e.reason
+    FROM ROWS FROM (jsonb_to_recordset(%(ledger)s) AS (
+        kind text, actor text, plan_before text, plan_after text,
+        credits_total_before bigint, credits_total_after bigint, credits_used_before bigint,
+        credits_used_after bigint, bonus_before bigint, bonus_after bigint, reason text))
+    WITH ORDINALITY AS e(kind, actor, plan_before, plan_after, credits_total_before,
+        credits_total_after, credits_used_before, credits_used_after, bonus_before,
+        bonus_after, reason, n)
+    ORDER BY e.n
+)
+UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
+    next_attempt_at = NULL, applied_at = %(applied_at)s
+WHERE id = %(id)s
+"""
 _FAILED = """
 UPDATE webhook_events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s
 WHERE id = %s"""
@@ -95,6 +132,7 @@ WHERE id = %s"""
 ATTEMPTS = 3  # per call, against connections a database restart left dead in the pool
 
 _catalogs: dict[tuple[Any, ...], plans.Catalog] = {}
+Connection = AsyncConnection[TupleRow]
 
 
 def conninfo(url: str) -> str:
@@ -110,171 +148,233 @@ def pool(url: str, *, size: int) -> Pool:
                                kwargs={"autocommit": True}, timeout=2.0, open=False)
 
 
-async def store(db: Pool, event: inbox.Incoming, now: dt.datetime) -> inbox.Receipt:
-    """Commit the event to the inbox (or find its duplicate): one autocommit statement."""
-    status = "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
-    key = inbox.dedupe_key(event)
-    params = {"id": str(uuid.uuid4()), "key": key, "instance_id": event.instance_id,
-              "event_type": event.event_type, "product_id": event.product_id,
-              "operation_time": event.operation_time, "now": now,
-              "payload": Json(event.payload), "status": status}
+async def ingest(
+    db: Pool, event: inbox.Incoming, *, now: dt.datetime, pol: policy.Policy,
+    on_stored: Callable[[inbox.Receipt], None] | None = None,
+) -> inbox.Receipt:
+    """Store, then apply, on one connection: three round trips.
+
+    The store is one autocommit statement, sent alone: pipelined with the apply's `BEGIN`
+    it would become part of that transaction and commit only with the apply. `on_stored`
+    hears the receipt as soon as it is committed, so a caller can answer before a slow
+    apply ends. Returns the receipt with the status after the apply.
+    """
+    receipt: inbox.Receipt | None = None
     for attempt in range(1, ATTEMPTS + 1):
         try:
             async with db.connection() as conn:
-                row = await (await conn.execute(_STORE, params)).fetchone()
-                if row is None:  # the duplicate committed after this statement's snapshot
-                    found = await (await conn.execute(_EXISTING, (key,))).fetchone()
-                    row = (found[0] if found else None, False)
-            break
+                if receipt is None:
+                    receipt = await _store(conn, event, now)
+                    if on_stored is not None:
+                        on_stored(receipt)
+                if receipt.status != "pending":
+                    return receipt
+                return inbox.Receipt(receipt.event_id,
+                                     await _process(db, conn, receipt.event_id, now, pol))
         except psycopg.OperationalError:
-            # a pooled connection the server dropped (a restart): try a fresh one; the
-            # insert is idempotent, so a retry never stores twice
+            # a pooled connection the server dropped (a restart): the store is idempotent
+            # and the apply all or nothing, so a fresh connection may try again
             if attempt == ATTEMPTS:
                 raise
-    event_id, inserted = str(row[0]), bool(row[1])
-    return inbox.Receipt(event_id, status if inserted else "duplicate")
+    raise AssertionError("unreachable")
 
 
-async def process(
-    db: Pool, event_id: str, *, now: dt.datetime, pol: policy.Policy
-) -> str:
+async def store(db: Pool, event: inbox.Incoming, now: dt.datetime) -> inbox.Receipt:
+    """Commit the event to the inbox (or find its duplicate): one autocommit statement."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            async with db.connection() as conn:
+                return await _store(conn, event, now)
+        except psycopg.OperationalError:
+            if attempt == ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def process(db: Pool, event_id: str, *, now: dt.datetime, pol: policy.Policy) -> str:
     """Apply one stored event and converge its instance; returns its status afterwards.
 
     A failure leaves the event `pending` with a backoff (`failed` after
     `inbox.MAX_ATTEMPTS`), as `inbox.process` does.
     """
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            async with db.connection() as conn, conn.transaction():
-                return await _apply(conn, event_id, now, pol)
-        except psycopg.OperationalError as exc:  # all or nothing: safe to try again
-            if attempt == ATTEMPTS:
-                return await _record_failure(db, event_id, now, exc)
-        except Exception as exc:
-            return await _record_failure(db, event_id, now, exc)
-    raise AssertionError("unreachable")
+    async with db.connection() as conn:
+        return await _process(db, conn, event_id, now, pol)
 
 
-async def _apply(
-    conn: AsyncConnection[TupleRow], event_id: str, now: dt.datetime, pol: policy.Policy
+async def _store(conn: Connection, event: inbox.Incoming, now: dt.datetime) -> inbox.Receipt:
+    cursor = await conn.execute(_STORE, _store_params(str(uuid.uuid4()), event, now))
+    return await _receipt(conn, cursor, event)
+
+
+def _store_params(event_id: str, event: inbox.Incoming, now: dt.datetime) -> dict[str, Any]:
+    return {"id": event_id, "key": inbox.dedupe_key(event), "instance_id": event.instance_id,
+            "event_type": event.event_type, "product_id": event.product_id,
+            "operation_time": event.operation_time, "now": now,
+            "payload": Json(event.payload), "status": _first_status(event)}
+
+
+def _first_status(event: inbox.Incoming) -> str:
+    return "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
+
+
+async def _receipt(
+    conn: Connection, cursor: psycopg.AsyncCursor[TupleRow], event: inbox.Incoming
+) -> inbox.Receipt:
+    row = await cursor.fetchone()
+    if row is None:  # the duplicate committed after this statement's snapshot
+        found = await (await conn.execute(_EXISTING, (inbox.dedupe_key(event),))).fetchone()
+        assert found is not None
+        return inbox.Receipt(str(found[0]), "duplicate")
+    return inbox.Receipt(str(row[0]), _first_status(event) if row[1] else "duplicate")
+
+
+async def _process(
+    db: Pool, conn: Connection, event_id: str, now: dt.datetime, pol: policy.Policy
 ) -> str:
-    async with conn.pipeline():
-        event_cur = await conn.execute(_LOCK_EVENT, (event_id,))
-        plans_cur = await conn.execute(_PLANS)
-    row = await event_cur.fetchone()
-    if row is None:
-        raise LookupError(f"no webhook event {event_id}")
-    instance_id, event_type, product_id, operation_time, payload, status = row
-    if status not in ("pending", "quarantined"):
-        return str(status)
-    cat = _catalog(await plans_cur.fetchall())
-    outcome = await _decide(conn, event_id, instance_id, event_type, product_id,
-                            _utc(operation_time), payload or {}, cat, now, pol)
-    await conn.execute(_DONE, (outcome, now if outcome == "applied" else None, event_id))
-    return outcome
+    """One transaction, two round trips: `BEGIN` and the locking read; writes and `COMMIT`."""
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            read = await conn.execute(_READ, {"id": event_id})
+        row = await read.fetchone()
+        if row is None:
+            raise LookupError(f"no webhook event {event_id}")
+        if row[5] not in ("pending", "quarantined"):
+            await conn.execute("ROLLBACK")
+            return str(row[5])
+        status, writes = _decide(event_id, row, now, pol)
+        async with conn.pipeline():
+            await conn.execute(_WRITE, writes)
+            await conn.execute("COMMIT")
+        return status
+    except psycopg.OperationalError:
+        if conn.broken:
+            raise  # the caller may try again on a fresh connection
+        return await _failed(db, conn, event_id, now)
+    except Exception as exc:
+        return await _failed(db, conn, event_id, now, exc)
 
 
-async def _decide(
-    conn: AsyncConnection[TupleRow], event_id: str, instance_id: str, event_type: str,
-    product_id: str | None, operation_time: dt.datetime, payload: dict[str, Any],
-    cat: plans.Catalog, now: dt.datetime, pol: policy.Policy,
+async def _failed(
+    db: Pool, conn: Connection, event_id: str, now: dt.datetime,
+    exc: BaseException | None = None,
 ) -> str:
-    """What `inbox._apply` decides, with the same functions; writes through `conn`."""
+    if not conn.broken:
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")
+    exc = exc or sys.exc_info()[1] or RuntimeError("unknown error")
+    return await _record_failure(db, event_id, now, exc)
+
+
+def _decide(
+    event_id: str, row: tuple[Any, ...], now: dt.datetime, pol: policy.Policy
+) -> tuple[str, dict[str, Any]]:
+    """What `inbox._apply` decides, with the same functions: the status, and the writes."""
+    (instance_id, event_type, product_id, operation_time, payload, _status, catalog_rows,
+     s_plan, s_status, s_expires, s_rev, s_time, *inst) = row
+    cat = _catalog(catalog_rows or [])
+    writes: dict[str, Any] = {
+        "id": event_id, "iid": instance_id, "now": now, "create": False, "converge": False,
+        "subscribe": False, "ledger": Jsonb([]), "applied_at": None, "bump": 0,
+        **dict.fromkeys(("c_plan", "c_total", "c_used", "c_start", "c_end", "c_rev",
+                         "c_version", "plan", "total", "used", "start", "end", "rev",
+                         "s_plan", "s_status", "s_expires", "s_rev", "s_time"))}
+
+    entries: list[dict[str, Any]] = []
+
+    def done(status: str) -> tuple[str, dict[str, Any]]:
+        writes["status"] = status
+        writes["applied_at"] = now if status == "applied" else None
+        writes["ledger"] = Jsonb([{k: v for k, v in e.items()
+                                   if k not in ("instance_id", "at", "correlation_id")}
+                                  for e in entries])
+        return status, writes
+
     if event_type not in subscriptions.EVENT_TYPES:
-        return "ignored"
+        return done("ignored")
     plan_id: str | None = None
     if event_type in subscriptions.PLAN_EVENTS:
         plan = cat.resolve(product_id or "")
         if plan is None:
-            return "quarantined"
+            return done("quarantined")
         plan_id = plan.id
-    async with conn.pipeline():
-        sub_cur = await conn.execute(_LOCK_SUBSCRIPTION, (instance_id,))
-        inst_cur = await conn.execute(_LOCK_INSTANCE, (instance_id,))
-    sub_row = await sub_cur.fetchone()
-    inst_row = await inst_cur.fetchone()
-    current = None if sub_row is None else subscriptions.State(
-        sub_row[0], sub_row[1], _utc_or_none(sub_row[2]), sub_row[3], _utc(sub_row[4]))
-    actual = None if inst_row is None else policy.Numbers(
-        inst_row[0], inst_row[1], inst_row[2], inst_row[3], _utc(inst_row[4]),
-        _utc(inst_row[5]), inst_row[6])
-
-    async with conn.pipeline():
-        if event_type == subscriptions.INSTALLED and actual is None:
-            actual = await _create_instance(conn, instance_id, cat, now, event_id)
-        expires = payload.get("expiresOn")
-        event = subscriptions.BillingEvent(
-            instance_id, event_type, operation_time, plan_id,
-            dt.datetime.fromisoformat(expires) if isinstance(expires, str) and expires else None)
-        if current is not None and operation_time < current.source_time:
-            return "stale"
-        new = subscriptions.next_state(current, event, cat.default.id)
-        if new is not None:
-            await _write_subscription(conn, instance_id, current is None, new, now)
-            current = new
-        if actual is not None:
-            await _converge(conn, instance_id, actual, current, cat, now, pol, event_id)
-    return "applied"
-
-
-async def _create_instance(
-    conn: AsyncConnection[TupleRow], instance_id: str, cat: plans.Catalog, now: dt.datetime,
-    event_id: str,
-) -> policy.Numbers:
-    row, entry = instances.new_instance(instance_id, cat.default, now, "webhook", event_id)
-    await conn.execute(_INSERT_INSTANCE, row)
-    await conn.execute(_LEDGER, entry)
-    return policy.Numbers(row["plan_id"], row["credits_total"], row["credits_used_month"],
-                          row["bonus_credits"], row["period_start"], row["period_end"],
-                          row["applied_rev"])
-
-
-async def _write_subscription(
-    conn: AsyncConnection[TupleRow], instance_id: str, insert: bool,
-    new: subscriptions.State, now: dt.datetime,
-) -> None:
-    if insert:
-        await conn.execute(_INSERT_SUBSCRIPTION, (
-            instance_id, new.plan_id, new.status, new.expires_at, new.rev, new.source_time,
-            now))
-    else:
-        await conn.execute(_UPDATE_SUBSCRIPTION, (
-            new.plan_id, new.status, new.expires_at, new.rev, new.source_time, now,
-            instance_id))
+    current = None if s_plan is None else subscriptions.State(
+        s_plan, s_status, _utc_or_none(s_expires), s_rev, _utc(s_time))
+    actual = None if inst[0] is None else policy.Numbers(
+        inst[0], inst[1], inst[2], inst[3], _utc(inst[4]), _utc(inst[5]), inst[6])
+    if event_type == subscriptions.INSTALLED and actual is None:
+        values, entry = instances.new_instance(instance_id, cat.default, now, "webhook",
+                                               event_id)
+        actual = policy.Numbers(values["plan_id"], values["credits_total"],
+                                values["credits_used_month"], values["bonus_credits"],
+                                values["period_start"], values["period_end"],
+                                values["applied_rev"])
+        writes.update(create=True, c_version=0)
+        _created(writes, actual)
+        entries.append(entry)
+    expires = (payload or {}).get("expiresOn")
+    event = subscriptions.BillingEvent(
+        instance_id, event_type, _utc(operation_time), plan_id,
+        dt.datetime.fromisoformat(expires) if isinstance(expires, str) and expires else None)
+    if current is not None and event.operation_time < current.source_time:
+        return done("stale")
+    new = subscriptions.next_state(current, event, cat.default.id)
+    if new is not None:
+        writes.update(subscribe=True, s_plan=new.plan_id, s_status=new.status,
+                      s_expires=new.expires_at, s_rev=new.rev, s_time=new.source_time)
+        current = new
+    if actual is not None:
+        steps = _steps(actual, current, cat, now, pol)
+        if steps:
+            final = steps[-1].after
+            if writes["create"]:
+                writes["c_version"] = 1
+                _created(writes, final)
+            else:
+                writes.update(plan=final.plan_id, total=final.credits_total,
+                              used=final.credits_used, start=final.period_start,
+                              end=final.period_end, rev=final.applied_rev, bump=1)
+            entries += [convergence.ledger_row(instance_id, step, now, "webhook", event_id)
+                        for step in steps]
+            _log(instance_id, actual, final, steps)
+        writes["converge"] = not writes["create"]
+    return done("applied")
 
 
-async def _converge(
-    conn: AsyncConnection[TupleRow], instance_id: str, actual: policy.Numbers,
-    sub: subscriptions.State | None, cat: plans.Catalog, now: dt.datetime,
-    pol: policy.Policy, event_id: str,
-) -> None:
-    """`convergence.converge_in` for one locked instance: desired state, steps, ledger."""
+def _created(writes: dict[str, Any], numbers: policy.Numbers) -> None:
+    writes.update(c_plan=numbers.plan_id, c_total=numbers.credits_total,
+                  c_used=numbers.credits_used, c_start=numbers.period_start,
+                  c_end=numbers.period_end, c_rev=numbers.applied_rev)
+
+
+def _steps(
+    actual: policy.Numbers, sub: subscriptions.State | None, cat: plans.Catalog,
+    now: dt.datetime, pol: policy.Policy,
+) -> list[policy.Step]:
+    """`convergence.converge_in`'s decision for one instance: desired state, then steps."""
     desired_plan, expired = policy.desired_plan_id(
         sub.status if sub else None, sub.plan_id if sub else None,
         sub.expires_at if sub else None, cat.default.id, now, pol.expiry_grace_period)
     known = cat.get(desired_plan)
     desired = policy.Desired(desired_plan, known.monthly_credits if known else None,
                              sub.rev if sub else 0, sub.source_time if sub else None, expired)
-    steps = policy.transition(actual, desired, now, pol)
-    if not steps:
-        await conn.execute(_TOUCH_INSTANCE, (now, instance_id))
+    return policy.transition(actual, desired, now, pol)
+
+
+def _log(instance_id: str, before: policy.Numbers, after: policy.Numbers,
+         steps: Sequence[policy.Step]) -> None:
+    if not log.isEnabledFor(logging.INFO):
         return
-    after = steps[-1].after
-    await conn.execute(_UPDATE_INSTANCE, (
-        after.plan_id, after.credits_total, after.credits_used, after.period_start,
-        after.period_end, after.applied_rev, now, now, instance_id))
-    for step in steps:
-        await conn.execute(_LEDGER, convergence.ledger_row(instance_id, step, now, "webhook",
-                                                           event_id))
-    log.info("instance %s: %d → %d credits (plan %s, %s)", instance_id,
-             actual.credits_total, after.credits_total, after.plan_id,
-             ",".join(step.kind for step in steps),
-             extra={"instance_id": instance_id, "kind": ",".join(s.kind for s in steps),
-                    "credits_before": actual.credits_total,
+    kinds = ",".join(step.kind for step in steps)
+    log.info("instance %s: %d → %d credits (plan %s, %s)", instance_id, before.credits_total,
+             after.credits_total, after.plan_id, kinds,
+             extra={"instance_id": instance_id, "kind": kinds,
+                    "credits_before": before.credits_total,
                     "credits_after": after.credits_total, "plan": after.plan_id})
 
 
-async def _record_failure(db: Pool, event_id: str, now: dt.datetime, exc: Exception) -> str:
+async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
+                          exc: BaseException) -> str:
     error = f"{type(exc).__name__}: {exc}"[:2000]
     log.warning("webhook %s failed to apply: %s", event_id, error,
                 extra={"event_id": event_id, "error": error})
@@ -293,7 +393,7 @@ async def _record_failure(db: Pool, event_id: str, now: dt.datetime, exc: Except
         return "pending"
 
 
-def _catalog(rows: Sequence[tuple[Any, ...]]) -> plans.Catalog:
+def _catalog(rows: Sequence[Sequence[Any]]) -> plans.Catalog:
     """The catalog from its rows; validated once per distinct content."""
     key = tuple((r[0], r[1], tuple(r[2] or ()), r[3], r[4]) for r in rows)
     found = _catalogs.get(key)

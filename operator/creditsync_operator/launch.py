@@ -4,6 +4,10 @@ Peering is on unless `standalone`: the `creditsync` KopfPeering is made sure to 
 kopf is told it is mandatory, so a replica stays paused until it knows whether another one
 is active. Among replicas the oldest wins: the default priority falls with the start time,
 so a rolling update's new pod waits until the old one has gone.
+
+kopf watches namespaces and CRDs only when a namespace pattern needs it: serving named
+namespaces (or all of them) then takes no cluster-wide reads, which is what the Helm
+chart's least-privileged Role grants. The CRDs are those present at start-up.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ class _KopfExtras(logging.Filter):
         return True
 
 
+def settings_for(namespaces: Sequence[str]) -> kopf.OperatorSettings:
+    """kopf's settings before start-up (the startup handler adds the rest)."""
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = not any(peering.is_pattern(ns) for ns in namespaces)
+    return settings
+
+
 def tidy_logs() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _KopfExtras) for f in handler.filters):
@@ -58,6 +69,7 @@ def run(
     if not standalone:
         peering.ensure(namespaces, clusterwide=all_namespaces)
     kopf.run(
+        settings=settings_for(namespaces),
         clusterwide=all_namespaces,
         namespaces=list(namespaces),
         standalone=standalone,

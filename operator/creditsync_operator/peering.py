@@ -27,7 +27,8 @@ class PeeringError(RuntimeError):
     """The peering object cannot be made; the message says what to do."""
 
 
-def _is_pattern(namespace: str) -> bool:
+def is_pattern(namespace: str) -> bool:
+    """Whether `--namespace` names a glob rather than one namespace."""
     return any(ch in namespace for ch in "*?[!")
 
 
@@ -47,7 +48,7 @@ def ensure(namespaces: Sequence[str], *, clusterwide: bool,
                 group, version, "clusterkopfpeerings", body)
         return
     for namespace in namespaces:
-        if _is_pattern(namespace):
+        if is_pattern(namespace):
             log.warning("cannot create KopfPeering %s for the namespace pattern %r: create it "
                         "in each matching namespace", name, namespace)
             continue

@@ -34,6 +34,14 @@ def test_an_explicit_peering_name_is_kept() -> None:
     assert settings.peering.name == "mine"
 
 
+def test_kopf_watches_namespaces_and_crds_only_for_namespace_patterns() -> None:
+    # named namespaces, or all of them: no cluster-wide reads (the chart's Role has none)
+    assert launch.settings_for(["creditsync"]).scanning.disabled
+    assert launch.settings_for(["a", "b"]).scanning.disabled
+    assert launch.settings_for([]).scanning.disabled  # --all-namespaces
+    assert not launch.settings_for(["a", "team-*"]).scanning.disabled
+
+
 def test_the_older_replica_has_the_higher_priority() -> None:
     older = launch.default_priority()
     newer = [launch.default_priority() for _ in range(50)]

@@ -1,9 +1,15 @@
 """`POST /api/webhooks/billing`: verified marketplace events into the inbox, applied at once.
 
 The event is committed to the inbox before anything is acknowledged; then it is applied
-(subscription updated, instance converged) within what is left of a one-second budget,
-so the marketplace's 1.25 s limit is never hit. An apply that fails or runs over leaves
-the event `pending` for the retry loop, and the answer is still 200: it is stored.
+(subscription updated, instance converged) within what is left of a 0.8 s budget, so
+the marketplace's 1.25 s limit is never hit. An apply that fails or runs over leaves the
+event `pending` for the retry loop, and the answer is still 200: it is stored. An event not
+stored within the budget is answered 503: the marketplace retries, and finds it as a
+duplicate if the store did commit after all.
+
+On PostgreSQL both steps run on the event loop (`creditsync.inbox_pg`: one pooled
+connection, three round trips); on SQLite the core's blocking `inbox.store` and
+`inbox.process` run in worker threads.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import time
-from typing import cast
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.engine import Engine
 
 from creditsync import inbox, inbox_pg
@@ -25,7 +31,7 @@ from creditsync_api.deps import EngineDep, NowDep, State, StateDep
 router = APIRouter(tags=["webhooks"])
 
 MAX_BODY = 64 * 1024
-BUDGET_S = 1.0
+BUDGET_S = 0.8  # seconds to store and apply; the marketplace waits 1.25 s in all
 
 _EXAMPLE_JWT = (
     "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJkYXRhIjoie1wiZXZlbnRUeXBlXCI6XCJQYWlkUGxhblB1cmNo"
@@ -50,7 +56,7 @@ _EXAMPLE_JWT = (
 )
 async def billing_webhook(
     request: Request, state: StateDep, engine: EngineDep, now: NowDep
-) -> schemas.WebhookAck:
+) -> Response:
     """Store the event in the inbox (deduplicated on instance, event type,
     operationTimeStamp and product), then apply it and converge the instance.
 
@@ -87,30 +93,35 @@ async def billing_webhook(
         raise
     metrics.apply_seconds.observe(time.perf_counter() - started)
     metrics.webhook(incoming.event_type, status)
-    return schemas.WebhookAck(status=cast(schemas.WebhookStatus, status),
-                              event_id=receipt.event_id)
+    # the answer is built by hand: it is `schemas.WebhookAck` (the documented model), and
+    # validating it again per request costs the marketplace's busiest endpoint
+    return Response(json.dumps({"status": status, "eventId": receipt.event_id},
+                               separators=(",", ":")), media_type="application/json")
 
 
 async def _ingest_async(
     state: State, incoming: inbox.Incoming, now: dt.datetime
 ) -> tuple[inbox.Receipt, str]:
-    """PostgreSQL: the store and the apply on the event loop (`inbox_pg`)."""
+    """PostgreSQL: store and apply on the event loop, one connection (`inbox_pg.ingest`)."""
     assert state.pg_pool is not None
     deadline = time.monotonic() + BUDGET_S
-    try:
-        receipt = await asyncio.wait_for(inbox_pg.store(state.pg_pool, incoming, now),
-                                         BUDGET_S)
-    except TimeoutError:  # not stored in time: not acknowledged, the marketplace retries
-        raise errors.unavailable_error() from None
-    if receipt.status != "pending":
-        return receipt, receipt.status
-    task = asyncio.ensure_future(
-        inbox_pg.process(state.pg_pool, receipt.event_id, now=now, pol=state.pol))
+    stored: asyncio.Future[inbox.Receipt] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(inbox_pg.ingest(state.pg_pool, incoming, now=now,
+                                                 pol=state.pol, on_stored=stored.set_result))
     state.background.add(task)
     task.add_done_callback(state.background.discard)
+    await asyncio.wait({stored, task}, timeout=BUDGET_S, return_when=asyncio.FIRST_COMPLETED)
+    if not stored.done():
+        if task.done():
+            task.result()  # raises what kept the event from being stored (e.g. 503)
+        task.cancel()  # not stored in time: not acknowledged, the marketplace retries
+        raise errors.unavailable_error()
+    receipt = stored.result()
+    if receipt.status != "pending":
+        return receipt, receipt.status
     # past the budget the apply goes on in the background; the event is already stored
     done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0))
-    return receipt, task.result() if done else "pending"
+    return receipt, task.result().status if done else "pending"
 
 
 async def _ingest_in_threads(

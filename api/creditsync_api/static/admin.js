@@ -1,0 +1,776 @@
+// /admin: sign in with the admin token (sessionStorage: this tab's session only), then the
+// overview charts, instances (filters, search, pages, one instance with its history and a
+// bonus adjustment), bulk sync (dry run first, then apply), the webhook inbox with replay,
+// and the plan catalog. Everything comes from the admin API.
+
+import {
+  $, ApiError, LedgerPager, Messages, PlanNames, api, beforeAfter, cell, fill, fmtDate,
+  fmtDateTime, fmtInt, fmtRelative, h, historyTable, keepFocus, timeEl,
+} from "./common.js";
+import { PALETTE, dayBars, hBars } from "./charts.js";
+
+const TOKEN_KEY = "creditsync.adminToken";
+const INSTANCES_PAGE = 25;
+const WEBHOOKS_PAGE = 20;
+const HISTORY_PAGE = 10;
+const STATUSES = ["applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending"];
+const REPLAYABLE = new Set(["failed", "quarantined", "pending", "ignored"]);
+const STATUS_COLORS = { applied: "#1a7f37", duplicate: "#57606a", stale: "#6e5494",
+  ignored: "#6a737d", quarantined: "#b35900", failed: "#b3261e", pending: "#0b5cad" };
+const STATUS_PILLS = { applied: "ok", duplicate: "neutral", stale: "neutral", ignored: "neutral",
+  quarantined: "warn", failed: "bad", pending: "info" };
+
+// `driftReason` lists the steps a sync would take, e.g. "plan_change,period_reset"
+const DRIFT_REASONS = {
+  plan_change: "a purchase or plan change is waiting to be applied",
+  drift_repair: "credits differ from what the plan pays for",
+  period_reset: "the monthly reset is due",
+  expiry: "the paid plan has expired",
+  plan_missing: "its plan is missing from the catalog",
+};
+
+let token = window.sessionStorage.getItem(TOKEN_KEY);
+let names = new PlanNames();
+
+// -- API access and errors ----------------------------------------------------------------
+
+async function call(path, options = {}) {
+  try {
+    return await api(path, { ...options, token });
+  } catch (error) {
+    if (error.status === 401 && token) {
+      signOut("The admin token was not accepted any more: sign in again.");
+    }
+    throw error;
+  }
+}
+
+function explain(error, messages, retry) {
+  const again = retry ? { label: "Retry", run: retry } : undefined;
+  if (!(error instanceof ApiError)) {
+    console.warn(error); // a bug in this page: keep the console honest about it
+    messages.show("error", "Something went wrong in this page: reload it and try again.");
+  } else if (error.status === 0) {
+    messages.show("error", "Could not reach creditsync: check your connection, then retry.",
+      again);
+  } else if (error.status === 401) {
+    messages.show("error", "Signed out: the admin token was not accepted.");
+  } else if (error.status === 503 || error.status === 429) {
+    messages.show("error", `creditsync is busy: try again in ${error.retryAfter || 5} s.`, again);
+  } else {
+    messages.show("error", `${capitalizeFirst(error.message)}.`.replace(/\.\.$/, "."), again);
+  }
+}
+
+const capitalizeFirst = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
+function driftText(reason) {
+  return capitalizeFirst((reason || "").split(",").filter(Boolean)
+    .map((step) => DRIFT_REASONS[step] || step.replaceAll("_", " ")).join("; "));
+}
+
+// -- sign in / out --------------------------------------------------------------------------
+
+const signinMessages = new Messages($("#signin-alert"), $("#signin-alert"));
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("#token");
+  const candidate = input.value.trim();
+  if (!candidate) {
+    input.setAttribute("aria-invalid", "true");
+    signinMessages.show("error", "Enter the admin token.");
+    input.focus();
+    return;
+  }
+  try {
+    await api("/api/admin/stats", { token: candidate, query: { days: 1 } });
+  } catch (error) {
+    input.setAttribute("aria-invalid", "true");
+    if (error.status === 401) {
+      signinMessages.show("error", "That is not the admin token: check " +
+        "CREDITSYNC_ADMIN_TOKEN and try again.");
+    } else {
+      explain(error, signinMessages);
+    }
+    input.focus();
+    return;
+  }
+  input.removeAttribute("aria-invalid");
+  input.value = "";
+  token = candidate;
+  window.sessionStorage.setItem(TOKEN_KEY, token);
+  signinMessages.clear();
+  await showApp();
+  $("#app h1").focus();
+}
+
+function signOut(reason) {
+  token = null;
+  window.sessionStorage.removeItem(TOKEN_KEY);
+  $("#app").hidden = true;
+  $("#sign-out").hidden = true;
+  $("#signin").hidden = false;
+  if (reason) signinMessages.show("error", reason);
+  else signinMessages.clear();
+  $("#token").focus();
+}
+
+async function showApp() {
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+  $("#sign-out").hidden = false;
+  await refreshPlans();
+  await Promise.all([loadOverview(), loadInstances(0), loadWebhooks(0)]);
+}
+
+// -- plans ----------------------------------------------------------------------------------
+
+async function refreshPlans() {
+  names = await PlanNames.load();
+  const select = $("#f-plan");
+  const chosen = select.value;
+  fill(select, h("option", { value: "" }, "Any"),
+    names.list.map((plan) => h("option", { value: plan.id }, plan.displayName)));
+  select.value = names.byId.has(chosen) ? chosen : "";
+  const rows = names.list.map((plan) => h("tr", {},
+    cell("Plan", h("code", {}, plan.id)),
+    cell("Name", plan.displayName),
+    cell("Credits a month", fmtInt(plan.monthlyCredits)),
+    cell("Product ids", plan.aliases.length
+      ? plan.aliases.map((alias, i) => [i ? ", " : "", h("code", {}, alias)])
+      : h("span", { class: "muted" }, "none")),
+    cell("Default", plan.default ? "Yes (new and expired instances)" : "")));
+  fill($("#plans-body"), h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" }, "Plan catalog"),
+    head(["Plan", "Name", "Credits a month", "Product ids", "Default"]),
+    h("tbody", {}, rows.length ? rows
+      : h("tr", {}, h("td", { colspan: "5", class: "empty" }, "Could not load the catalog.")))));
+}
+
+function head(columns) {
+  return h("thead", {}, h("tr", {}, columns.map((name) => (typeof name === "string"
+    ? h("th", { scope: "col" }, name) : name))));
+}
+
+// -- overview -------------------------------------------------------------------------------
+
+const overviewMessages = new Messages($("#overview-alert"), $("#overview-alert"));
+
+function daysBetween(since, until) {
+  const days = [];
+  const end = until.slice(0, 10);
+  for (let d = new Date(`${since.slice(0, 10)}T00:00:00Z`); ; d.setUTCDate(d.getUTCDate() + 1)) {
+    const iso = d.toISOString().slice(0, 10);
+    days.push(iso);
+    if (iso >= end || days.length > 400) break;
+  }
+  return days;
+}
+
+async function loadOverview() {
+  let stats;
+  try {
+    stats = await call("/api/admin/stats", { query: { days: 30 } });
+  } catch (error) {
+    explain(error, overviewMessages, loadOverview);
+    return;
+  }
+  overviewMessages.clear();
+  const days = daysBetween(stats.since, stats.until);
+  const index = new Map(days.map((day, i) => [day, i]));
+  const repairs = days.map(() => 0);
+  for (const row of stats.repairsPerDay) repairs[index.get(row.day)] = row.repairs;
+
+  const byPlan = new Map();
+  for (const row of stats.creditsUsedByPlanPerDay) {
+    if (!byPlan.has(row.plan)) byPlan.set(row.plan, days.map(() => 0));
+    byPlan.get(row.plan)[index.get(row.day)] = row.credits;
+  }
+  const order = [...names.list.map((plan) => plan.id),
+    ...[...byPlan.keys()].filter((id) => !names.byId.has(id)).sort()];
+  const series = order.filter((id) => byPlan.has(id)).map((id) => ({
+    name: names.label(id), values: byPlan.get(id),
+    color: PALETTE[order.indexOf(id) % PALETTE.length] }));
+  const used = series.reduce((sum, s) => sum + s.values.reduce((a, b) => a + b, 0), 0);
+  const webhooks = stats.webhooksByStatus;
+  const backlog = (webhooks.failed || 0) + (webhooks.quarantined || 0) + (webhooks.pending || 0);
+
+  $("#tile-instances").textContent = fmtInt(stats.instances);
+  $("#tile-repairs").textContent = fmtInt(repairs.reduce((a, b) => a + b, 0));
+  $("#tile-backlog").textContent = fmtInt(backlog);
+  $("#tile-used").textContent = fmtInt(used);
+  fill($("#updated"), "Updated ", timeEl(stats.until, fmtDateTime(stats.until)));
+
+  dayBars($("#chart-repairs"), { days, what: "Repairs per day", unit: "repairs",
+    series: [{ name: "Repairs", color: PALETTE[0], values: repairs }] });
+  hBars($("#chart-webhooks"), { what: "Webhooks by outcome", unit: "events",
+    items: STATUSES.map((status) => ({ label: status, value: webhooks[status] || 0,
+      color: STATUS_COLORS[status] })) });
+  dayBars($("#chart-usage"), { days, what: "Credits used by plan per day", unit: "credits",
+    series: series.length ? series : [{ name: "Credits", color: PALETTE[0],
+      values: days.map(() => 0) }] });
+}
+
+// -- instances ------------------------------------------------------------------------------
+
+const instanceMessages = new Messages($("#instances-alert"), $("#instances-alert"));
+const instances = { filters: {}, cursors: [null], index: 0, items: [], selected: new Set(),
+  latest: 0 };
+
+function readFilters() {
+  const form = $("#filters");
+  instances.filters = {
+    q: form.q.value.trim(), drifted: form.drifted.value, plan: form.plan.value,
+    removed: form.removed.value,
+  };
+}
+
+async function loadInstances(index, { userAction = false } = {}) {
+  const body = $("#instances-body");
+  const ticket = ++instances.latest;
+  body.setAttribute("aria-busy", "true");
+  $("#instances-prev").disabled = $("#instances-next").disabled = true;
+  let page;
+  try {
+    page = await call("/api/admin/instances", { query: {
+      ...instances.filters, limit: INSTANCES_PAGE, cursor: instances.cursors[index] } });
+  } catch (error) {
+    if (ticket !== instances.latest) return;
+    body.setAttribute("aria-busy", "false");
+    explain(error, instanceMessages, () => loadInstances(index, { userAction }));
+    return;
+  }
+  if (ticket !== instances.latest) return; // a newer load (new filters, another page) won
+  instances.index = index;
+  instances.items = page.items;
+  instances.cursors.length = index + 1;
+  if (page.nextCursor) instances.cursors.push(page.nextCursor);
+  renderInstances();
+  body.setAttribute("aria-busy", "false");
+  const first = index * INSTANCES_PAGE + 1;
+  instanceMessages.clear();
+  $("#instances-summary").textContent = page.items.length
+    ? `Showing instances ${fmtInt(first)}–${fmtInt(first + page.items.length - 1)}` +
+      `${page.nextCursor ? "; more on the next page" : ""}.`
+    : "No instances match these filters.";
+  $("#instances-prev").disabled = index === 0;
+  $("#instances-next").disabled = !page.nextCursor;
+  $("#instances-where").textContent = `Page ${index + 1}`;
+  if (userAction) keepFocus(null, $("#instances-title"));
+}
+
+function statusCell(item) {
+  if (item.subscriptionStatus === "removed") {
+    return [h("span", { class: "pill neutral" }, "Uninstalled"),
+      item.inSync ? null : h("span", { class: "change small muted" }, driftText(item.driftReason))];
+  }
+  if (item.inSync) return h("span", { class: "pill ok" }, "In sync");
+  return [h("span", { class: "pill warn" }, "Drifted"),
+    h("span", { class: "change small" }, driftText(item.driftReason))];
+}
+
+function renderInstances() {
+  const all = h("input", { type: "checkbox", id: "select-page",
+    "aria-label": "Select every instance on this page", onchange: (event) => {
+      for (const item of instances.items) {
+        if (event.target.checked) instances.selected.add(item.instanceId);
+        else instances.selected.delete(item.instanceId);
+      }
+      renderInstances();
+      selectionChanged();
+      $("#select-page").focus();
+    } });
+  const rows = instances.items.map((item) => {
+    const chosen = instances.selected.has(item.instanceId);
+    const box = h("input", { type: "checkbox", checked: chosen, value: item.instanceId,
+      "aria-label": `Select ${item.instanceId}`, onchange: (event) => {
+        if (event.target.checked) instances.selected.add(item.instanceId);
+        else instances.selected.delete(item.instanceId);
+        event.target.closest("tr").classList.toggle("selected", event.target.checked);
+        syncPageBox();
+        selectionChanged();
+      } });
+    const plan = item.plan === item.desiredPlan ? names.label(item.plan)
+      : beforeAfter(item.plan, item.desiredPlan, (id) => names.label(id));
+    return h("tr", { class: chosen ? "selected" : undefined, "data-instance": item.instanceId },
+      h("td", { class: "no-label corner" }, box),
+      cell("Instance", h("button", { type: "button", class: "linklike",
+        onclick: (event) => openDetail(item.instanceId, event.currentTarget) }, item.instanceId)),
+      cell("Plan", plan),
+      cell("Credits", `${fmtInt(item.creditsRemaining)} left of ${fmtInt(item.creditsTotal)}`,
+        item.bonusCredits ? h("span", { class: "change small muted" },
+          `incl. ${fmtInt(item.bonusCredits)} bonus`) : null,
+        item.creditsTotal !== item.desiredCreditsTotal && item.desiredCreditsTotal !== null
+          ? h("span", { class: "change small" }, `plan pays ${fmtInt(item.desiredCreditsTotal)}`)
+          : null),
+      cell("Used", fmtInt(item.creditsUsed)),
+      cell("Status", statusCell(item)),
+      cell("Last synced", item.lastSyncedAt
+        ? timeEl(item.lastSyncedAt, fmtRelative(item.lastSyncedAt)) : "never"));
+  });
+  if (!rows.length) {
+    rows.push(h("tr", {}, h("td", { colspan: "7", class: "empty" },
+      "No instances match these filters.")));
+  }
+  fill($("#instances-body"), h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" }, "Instances"),
+    head([h("th", { scope: "col" }, all), "Instance", "Plan", "Credits", "Used", "Status",
+      "Last synced"]),
+    h("tbody", {}, rows)));
+  syncPageBox();
+}
+
+function syncPageBox() {
+  const box = $("#select-page");
+  if (!box) return;
+  const onPage = instances.items.filter((item) => instances.selected.has(item.instanceId));
+  box.checked = onPage.length > 0 && onPage.length === instances.items.length;
+  box.indeterminate = onPage.length > 0 && onPage.length < instances.items.length;
+}
+
+// -- one instance -----------------------------------------------------------------------------
+
+const detail = { id: null, opener: null, pager: null };
+const detailMessages = new Messages($("#detail-status"), $("#detail-alert"));
+
+async function openDetail(id, opener) {
+  detail.id = id;
+  detail.opener = opener || null;
+  detail.pager = new LedgerPager((limit, before) => call(
+    `/api/admin/instances/${encodeURIComponent(id)}/history`, { query: { limit, before } }),
+  HISTORY_PAGE);
+  detailMessages.clear();
+  $("#adjust").reset();
+  $("#detail").hidden = false;
+  $("#detail-title").textContent = `Instance ${id}`;
+  await refreshDetail();
+  $("#detail-title").focus();
+}
+
+async function refreshDetail({ index = 0, userAction = false } = {}) {
+  const id = detail.id;
+  try {
+    const [found, entries] = await Promise.all([
+      call(`/api/admin/instances/${encodeURIComponent(id)}`), detail.pager.load(index)]);
+    if (id !== detail.id || !entries) return; // another instance or page was asked for
+    renderFacts(found.instance);
+    fill($("#detail-history"), historyTable(entries, names, `Credit history of ${id}`));
+  } catch (error) {
+    explain(error, detailMessages, () => refreshDetail({ index, userAction }));
+    return;
+  }
+  $("#detail-newer").disabled = detail.pager.index === 0;
+  $("#detail-older").disabled = !detail.pager.hasOlder;
+  $("#detail-where").textContent = `Page ${detail.pager.index + 1}`;
+  if (userAction) keepFocus(null, $("#detail-history-title"));
+}
+
+function renderFacts(item) {
+  const fact = (label, ...value) => h("div", {}, h("dt", {}, label), h("dd", {}, value));
+  const subscription = item.subscriptionStatus
+    ? [capitalizeFirst(item.subscriptionStatus),
+      item.expiresAt ? h("span", { class: "muted" }, ` until ${fmtDate(item.expiresAt)}`) : null]
+    : h("span", { class: "muted" }, "none (default plan)");
+  fill($("#detail-facts"),
+    h("dl", { class: "facts" },
+      fact("Plan", names.label(item.plan)),
+      fact("Subscription says", names.label(item.desiredPlan), h("span", { class: "muted" },
+        item.desiredCreditsTotal === null ? " (not in the catalog)"
+          : ` · ${fmtInt(item.desiredCreditsTotal)}`)),
+      fact("Credits a month", fmtInt(item.creditsTotal)),
+      fact("Used this period", fmtInt(item.creditsUsed)),
+      fact("Bonus credits", h("span", { id: "detail-bonus" }, fmtInt(item.bonusCredits))),
+      fact("Credits left", fmtInt(item.creditsRemaining)),
+      fact("Period", `${fmtDate(item.periodStart)} – ${fmtDate(item.periodEnd)}`),
+      fact("Subscription", subscription),
+      fact("Last synced", item.lastSyncedAt
+        ? timeEl(item.lastSyncedAt, fmtRelative(item.lastSyncedAt)) : "never"),
+      fact("Installed", timeEl(item.createdAt, fmtDate(item.createdAt)))),
+    h("p", { class: "drift-note" }, item.inSync
+      ? h("span", { class: "pill ok" }, "In sync")
+      : [h("span", { class: "pill warn" }, "Drifted"), " ", driftText(item.driftReason)]));
+}
+
+function closeDetail() {
+  $("#detail").hidden = true;
+  // back to the button that opened it, or to its row's button if the list was redrawn
+  const opener = detail.opener && document.contains(detail.opener) ? detail.opener
+    : $(`tr[data-instance="${CSS.escape(detail.id)}"] .linklike`);
+  detail.id = null;
+  (opener || $("#instances-title")).focus();
+}
+
+async function adjust(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const deltaInput = form.delta;
+  const reasonInput = form.reason;
+  const delta = Number(deltaInput.value);
+  const reason = reasonInput.value.trim();
+  deltaInput.removeAttribute("aria-invalid");
+  reasonInput.removeAttribute("aria-invalid");
+  if (!deltaInput.value || !Number.isInteger(delta) || delta === 0) {
+    deltaInput.setAttribute("aria-invalid", "true");
+    detailMessages.show("error", "Enter a whole number of credits other than 0.");
+    deltaInput.focus();
+    return;
+  }
+  if (!reason) {
+    reasonInput.setAttribute("aria-invalid", "true");
+    detailMessages.show("error", "Say why: the reason goes into the credit history.");
+    reasonInput.focus();
+    return;
+  }
+  const id = detail.id;
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call(`/api/admin/instances/${encodeURIComponent(id)}/adjust`,
+      { method: "POST", body: { bonusCreditsDelta: delta, reason } });
+    form.reset();
+    detailMessages.show("success", `Bonus credits of ${id}: ` +
+      `${fmtInt(result.entry.bonusBefore)} → ${fmtInt(result.entry.bonusAfter)}.`);
+    await Promise.all([refreshDetail(), loadInstances(instances.index)]);
+  } catch (error) {
+    explain(error, detailMessages);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    keepFocus(button, button);
+  }
+}
+
+async function syncOne() {
+  const id = detail.id;
+  const button = $("#detail-sync");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call("/api/admin/sync", { method: "POST",
+      body: { instanceIds: [id], dryRun: false } });
+    const change = result.changes[0];
+    detailMessages.show(change ? "success" : "info", change
+      ? `Synced ${id}: ${describeNumbers(change.before, change.after)}.`
+      : `${id} was already in sync: nothing changed.`);
+    await Promise.all([refreshDetail(), loadInstances(instances.index), loadOverview()]);
+  } catch (error) {
+    explain(error, detailMessages, syncOne);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    keepFocus(button, button);
+  }
+}
+
+function describeNumbers(before, after) {
+  const parts = [];
+  if (before.plan !== after.plan) {
+    parts.push(`plan ${names.label(before.plan)} → ${names.label(after.plan)}`);
+  }
+  if (before.creditsTotal !== after.creditsTotal) {
+    parts.push(`credits ${fmtInt(before.creditsTotal)} → ${fmtInt(after.creditsTotal)}`);
+  }
+  if (before.creditsUsed !== after.creditsUsed) {
+    parts.push(`used ${fmtInt(before.creditsUsed)} → ${fmtInt(after.creditsUsed)}`);
+  }
+  return parts.join(", ") || "period advanced";
+}
+
+// -- bulk sync ------------------------------------------------------------------------------
+
+const bulkMessages = new Messages($("#bulk-status"), $("#bulk-alert"));
+let preview = null; // the scope a shown dry run was made for
+
+function scope() {
+  const all = $("#bulk-form").scope.value === "all";
+  return all ? { all: true } : { instanceIds: [...instances.selected].sort() };
+}
+
+function selectionChanged() {
+  $("#selected-count").textContent = fmtInt(instances.selected.size);
+  if (preview && !preview.all) discardPreview("The selection changed: preview again.");
+}
+
+function discardPreview(why) {
+  preview = null;
+  fill($("#bulk-diff"));
+  if (why) bulkMessages.show("info", why);
+}
+
+async function previewSync(event) {
+  event.preventDefault();
+  const chosen = scope();
+  if (chosen.instanceIds && !chosen.instanceIds.length) {
+    bulkMessages.show("error", "Select instances in the list above, or choose Every instance.");
+    return;
+  }
+  discardPreview();
+  const button = $("#bulk-preview");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call("/api/admin/sync", { method: "POST",
+      body: { ...chosen, dryRun: true } });
+    showPreview(chosen, result);
+  } catch (error) {
+    explain(error, bulkMessages);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    keepFocus(button, button);
+  }
+}
+
+function diffRows(changes) {
+  return changes.map((change) => h("tr", {},
+    cell("Instance", h("code", {}, change.instanceId)),
+    cell("Plan", beforeAfter(change.before.plan, change.after.plan, (id) => names.label(id))),
+    cell("Credits a month", beforeAfter(change.before.creditsTotal, change.after.creditsTotal,
+      fmtInt)),
+    cell("Used", beforeAfter(change.before.creditsUsed, change.after.creditsUsed, fmtInt)),
+    cell("Why", change.steps.map((step) => h("span", { class: "change" },
+      capitalizeFirst(step.reason))))));
+}
+
+function showPreview(chosen, result) {
+  const scanned = `${fmtInt(result.scanned)} instance${result.scanned === 1 ? "" : "s"} scanned`;
+  if (!result.repaired) {
+    bulkMessages.show("info", `Nothing to change: ${scanned}, all in sync` +
+      `${result.planMissing ? ` (${fmtInt(result.planMissing)} on a plan missing from the ` +
+        "catalog, left alone)" : ""}.`);
+    return;
+  }
+  preview = chosen;
+  const count = `${fmtInt(result.repaired)} instance${result.repaired === 1 ? "" : "s"}`;
+  bulkMessages.show("info", `Dry run: ${count} would change (${scanned}). Nothing was ` +
+    "written yet.");
+  const apply = h("button", { type: "button", class: "btn primary", id: "bulk-apply",
+    onclick: applySync }, `Apply to ${count}`);
+  fill($("#bulk-diff"),
+    h("div", { class: "table-wrap" }, h("table", { class: "data stacked" },
+      h("caption", {}, `What the sync would change${result.changesTruncated
+        ? ` (the first ${fmtInt(result.changes.length)} of ${fmtInt(result.repaired)})` : ""}`),
+      head(["Instance", "Plan", "Credits a month", "Used", "Why"]),
+      h("tbody", {}, diffRows(result.changes)))),
+    h("div", { class: "form-actions actions" }, apply,
+      h("button", { type: "button", class: "btn", onclick: () => {
+        discardPreview("Preview discarded: nothing was changed.");
+        $("#bulk-preview").focus();
+      } }, "Discard")));
+}
+
+async function applySync() {
+  const chosen = preview;
+  const button = $("#bulk-apply");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call("/api/admin/sync", { method: "POST",
+      body: { ...chosen, dryRun: false } });
+    discardPreview();
+    const repaired = `${fmtInt(result.repaired)} instance${result.repaired === 1 ? "" : "s"}`;
+    if (result.failed) {
+      bulkMessages.show("warning", `Repaired ${repaired}; ${fmtInt(result.failed)} failed ` +
+        "and will be retried by the next sync.");
+    } else {
+      bulkMessages.show("success", `Applied: ${repaired} repaired.`);
+    }
+    if (chosen.instanceIds) instances.selected.clear();
+    selectionChanged();
+    await Promise.all([loadInstances(0), loadOverview()]);
+  } catch (error) {
+    explain(error, bulkMessages, applySync);
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+  keepFocus(null, $("#bulk-preview"));
+}
+
+// -- webhooks -------------------------------------------------------------------------------
+
+const webhookMessages = new Messages($("#webhooks-status"), $("#webhooks-alert"));
+const webhooks = { cursors: [null], index: 0, latest: 0 };
+
+function hint(event) {
+  if (event.status === "quarantined") {
+    const known = event.productId && names.list.some(
+      (plan) => plan.id === event.productId || plan.aliases.includes(event.productId));
+    return known
+      ? `The catalog knows ${event.productId} now: replay it.`
+      : ["No plan has product id ", h("code", {}, event.productId || "(none)"),
+        ": add it to the catalog, then replay."];
+  }
+  if (event.lastError) return event.lastError;
+  if (event.status === "pending" && event.nextAttemptAt) {
+    return ["Next attempt ", timeEl(event.nextAttemptAt, fmtRelative(event.nextAttemptAt))];
+  }
+  return event.appliedAt ? ["Applied ", timeEl(event.appliedAt, fmtRelative(event.appliedAt))]
+    : "";
+}
+
+async function loadWebhooks(index, { userAction = false } = {}) {
+  const status = $("#wh-status").value;
+  const body = $("#webhooks-body");
+  const ticket = ++webhooks.latest;
+  body.setAttribute("aria-busy", "true");
+  $("#webhooks-prev").disabled = $("#webhooks-next").disabled = true;
+  let page;
+  try {
+    page = await call("/api/admin/webhooks", { query: {
+      status, limit: WEBHOOKS_PAGE, cursor: webhooks.cursors[index] } });
+  } catch (error) {
+    if (ticket !== webhooks.latest) return;
+    body.setAttribute("aria-busy", "false");
+    explain(error, webhookMessages, () => loadWebhooks(index, { userAction }));
+    return;
+  }
+  if (ticket !== webhooks.latest) return; // a newer load (another status or page) won
+  webhooks.index = index;
+  webhooks.cursors.length = index + 1;
+  if (page.nextCursor) webhooks.cursors.push(page.nextCursor);
+
+  const total = STATUSES.reduce((sum, s) => sum + (page.counts[s] || 0), 0);
+  for (const option of $("#wh-status").options) {
+    const count = option.value ? page.counts[option.value] || 0 : total;
+    option.textContent = `${option.value ? capitalizeFirst(option.value) : "All events"} ` +
+      `(${fmtInt(count)})`;
+  }
+  fill($("#wh-counts"), ["failed", "quarantined", "pending"].map((s) => h("li", {},
+    h("span", { class: `pill ${page.counts[s] ? STATUS_PILLS[s] : "neutral"}` },
+      `${capitalizeFirst(s)} ${fmtInt(page.counts[s] || 0)}`))));
+
+  const rows = page.items.map((event) => h("tr", { "data-event": event.eventId,
+    "data-status": event.status },
+  cell("Received", timeEl(event.receivedAt, fmtRelative(event.receivedAt))),
+  cell("Event", event.eventType),
+  cell("Instance", h("code", {}, event.instanceId)),
+  cell("Product", event.productId ? h("code", {}, event.productId)
+    : h("span", { class: "muted" }, "—")),
+  cell("Status", h("span", { class: `pill ${STATUS_PILLS[event.status] || "neutral"}` },
+    event.status)),
+  cell("Attempts", fmtInt(event.attempts)),
+  cell("Details", hint(event)),
+  h("td", { class: "no-label" }, REPLAYABLE.has(event.status)
+    ? h("button", { type: "button", class: "btn small",
+      "aria-label": `Replay ${event.eventType} for ${event.instanceId}`,
+      onclick: (click) => replay(event, click.currentTarget) }, "Replay")
+    : null)));
+  if (!rows.length) {
+    rows.push(h("tr", {}, h("td", { colspan: "8", class: "empty" },
+      status ? `No ${status} events.` : "The inbox is empty.")));
+  }
+  fill(body, h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" }, "Webhook events, newest first"),
+    head(["Received", "Event", "Instance", "Product", "Status", "Attempts", "Details",
+      h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions"))]),
+    h("tbody", {}, rows)));
+  body.setAttribute("aria-busy", "false");
+  $("#webhooks-prev").disabled = index === 0;
+  $("#webhooks-next").disabled = !page.nextCursor;
+  $("#webhooks-where").textContent = `Page ${index + 1}`;
+  if (userAction) keepFocus(null, $("#webhooks-title"));
+}
+
+async function replay(event, button) {
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call(`/api/admin/webhooks/${encodeURIComponent(event.eventId)}/replay`,
+      { method: "POST" });
+    const what = `${event.eventType} for ${event.instanceId}`;
+    if (result.status === "applied") {
+      webhookMessages.show("success", `Replayed ${what}: applied, and the instance converged.`);
+    } else if (result.status === "quarantined") {
+      webhookMessages.show("warning", `${what} is still quarantined: no plan has product id ` +
+        `${event.productId} yet. Add it (creditsync plans apply, or a CreditPlan), then replay.`);
+    } else {
+      webhookMessages.show("info", `Replayed ${what}: ${result.status}.`);
+    }
+  } catch (error) {
+    explain(error, webhookMessages);
+  }
+  await refreshPlans();
+  await Promise.all([loadWebhooks(webhooks.index), loadOverview(), loadInstances(instances.index)]);
+  keepFocus(null, $("#webhooks-title"));
+}
+
+// -- wiring ---------------------------------------------------------------------------------
+
+function wire() {
+  $("#signin-form").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", () => signOut());
+  $("#filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    readFilters();
+    instances.cursors = [null];
+    loadInstances(0);
+  });
+  $("#filters").addEventListener("reset", () => window.setTimeout(() => {
+    readFilters();
+    instances.cursors = [null];
+    loadInstances(0);
+  }));
+  for (const select of $("#filters").querySelectorAll("select")) {
+    select.addEventListener("change", () => $("#filters").requestSubmit());
+  }
+  $("#instances-prev").addEventListener("click",
+    () => loadInstances(instances.index - 1, { userAction: true }));
+  $("#instances-next").addEventListener("click",
+    () => loadInstances(instances.index + 1, { userAction: true }));
+  $("#detail-close").addEventListener("click", closeDetail);
+  $("#detail").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeDetail();
+  });
+  $("#detail-newer").addEventListener("click", () => refreshDetail(
+    { index: detail.pager.index - 1, userAction: true }));
+  $("#detail-older").addEventListener("click", () => refreshDetail(
+    { index: detail.pager.index + 1, userAction: true }));
+  $("#adjust").addEventListener("submit", adjust);
+  $("#detail-sync").addEventListener("click", syncOne);
+  $("#bulk-form").addEventListener("submit", previewSync);
+  $("#bulk-form").addEventListener("change", (event) => {
+    if (event.target.name === "scope" && preview) discardPreview("The scope changed: preview again.");
+  });
+  $("#wh-status").addEventListener("change", () => {
+    webhooks.cursors = [null];
+    loadWebhooks(0);
+  });
+  $("#webhooks-refresh").addEventListener("click", async () => {
+    webhookMessages.clear();
+    await refreshPlans(); // a quarantined event's hint depends on the catalog
+    await loadWebhooks(webhooks.index);
+  });
+  $("#webhooks-prev").addEventListener("click",
+    () => loadWebhooks(webhooks.index - 1, { userAction: true }));
+  $("#webhooks-next").addEventListener("click",
+    () => loadWebhooks(webhooks.index + 1, { userAction: true }));
+  for (const link of document.querySelectorAll(".tabs a")) {
+    link.addEventListener("click", () => {
+      for (const other of document.querySelectorAll(".tabs a")) {
+        other.removeAttribute("aria-current");
+      }
+      link.setAttribute("aria-current", "true");
+    });
+  }
+}
+
+async function start() {
+  wire();
+  if (!token) {
+    $("#signin").hidden = false;
+    $("#token").focus();
+    return;
+  }
+  try {
+    await api("/api/admin/stats", { token, query: { days: 1 } });
+  } catch (error) {
+    signOut(error.status === 401 ? "The admin token was not accepted: sign in again." : null);
+    if (error.status !== 401) explain(error, signinMessages);
+    return;
+  }
+  await showApp();
+}
+
+start();

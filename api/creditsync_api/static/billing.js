@@ -1,0 +1,223 @@
+// /billing?instance=<token>: the Credit Usage card with the Sync Credits button, and the
+// credit history. Every call carries the instance token from the URL, which the
+// marketplace signs; the page shows only what the API says about that instance.
+
+import {
+  $, ApiError, LedgerPager, Messages, PlanNames, api, fill, fmtDate, fmtInt, fmtRelative, h,
+  historyTable, keepFocus, timeEl,
+} from "./common.js";
+
+const HISTORY_PAGE = 10;
+const token = new URLSearchParams(window.location.search).get("instance");
+const syncButton = $("#sync");
+const syncLabel = $("#sync-label");
+const syncMessages = new Messages($("#sync-status"), $("#sync-alert"));
+let names = new PlanNames();
+let busy = false;
+
+const history = new LedgerPager(
+  (limit, before) => api("/api/billing/history", { token, query: { limit, before } }),
+  HISTORY_PAGE);
+
+// -- the card -------------------------------------------------------------------------
+
+function render(credits) {
+  const plan = names.label(credits.plan);
+  const total = credits.creditsTotal;
+  const used = credits.creditsUsed;
+  const share = total > 0 ? Math.min(used / total, 1) : (used > 0 ? 1 : 0);
+  const percent = Math.round(share * 100);
+
+  const remaining = $("#remaining");
+  remaining.classList.remove("skeleton");
+  remaining.textContent = fmtInt(credits.creditsRemaining);
+  $("#plan-line").textContent = `${plan} plan · ${fmtInt(total)} credits a month`;
+
+  const bar = $("#usage-bar");
+  bar.setAttribute("aria-valuemax", String(Math.max(total, 1)));
+  bar.setAttribute("aria-valuenow", String(Math.min(used, Math.max(total, 1))));
+  bar.setAttribute("aria-valuetext",
+    `${fmtInt(used)} of ${fmtInt(total)} plan credits used (${percent}%)`);
+  bar.classList.toggle("high", share >= 0.8 && share < 1);
+  bar.classList.toggle("full", share >= 1);
+  $(".meter-fill", bar).style.width = `${percent}%`;
+  const bonus = credits.bonusCredits
+    ? ` · plus ${fmtInt(credits.bonusCredits)} bonus credits, used after the plan's` : "";
+  $("#usage-caption").textContent =
+    `${fmtInt(used)} of ${fmtInt(total)} plan credits used (${percent}%)${bonus}`;
+
+  $("#plan").textContent = plan;
+  $("#total").textContent = fmtInt(total);
+  $("#used").textContent = fmtInt(used);
+  $("#bonus").textContent = fmtInt(credits.bonusCredits);
+  fill($("#period"), timeEl(credits.periodStart, fmtDate(credits.periodStart)), " – ",
+    timeEl(credits.periodEnd, fmtDate(credits.periodEnd)));
+  fill($("#reset"), timeEl(credits.periodEnd, fmtDate(credits.periodEnd)), " ",
+    h("span", { class: "muted" }, `(${fmtRelative(credits.periodEnd)})`));
+  fill($("#synced"), credits.lastSyncedAt
+    ? timeEl(credits.lastSyncedAt, fmtRelative(credits.lastSyncedAt)) : "Never");
+
+  const state = $("#sync-state");
+  state.className = `pill ${credits.inSync ? "ok" : "warn"}`;
+  state.textContent = credits.inSync ? "In sync" : "Out of sync";
+  $("#drift-note").hidden = credits.inSync;
+  $("#usage").setAttribute("aria-busy", "false");
+}
+
+// -- Sync Credits -----------------------------------------------------------------------
+
+function setBusy(on) {
+  busy = on;
+  syncButton.disabled = on;
+  syncButton.setAttribute("aria-busy", String(on));
+  syncLabel.textContent = on ? "Syncing…" : "Sync Credits";
+}
+
+/** What a sync changed, in one sentence: "Credits updated: 100 → 5,000 (Pro)." */
+function summarize(result) {
+  const before = result.before;
+  const after = result.after;
+  if (!result.changes.length) {
+    return `Everything was already right: ${fmtInt(after.creditsTotal)} credits a month on ` +
+      `the ${names.label(after.plan)} plan.`;
+  }
+  const parts = [];
+  if (before.creditsTotal !== after.creditsTotal) {
+    parts.push(`Credits updated: ${fmtInt(before.creditsTotal)} → ` +
+      `${fmtInt(after.creditsTotal)} (${names.label(after.plan)})`);
+  } else if (before.plan !== after.plan) {
+    parts.push(`Plan updated: ${names.label(before.plan)} → ${names.label(after.plan)}`);
+  }
+  if (before.periodEnd !== after.periodEnd) {
+    parts.push(`a new period started, usage ${fmtInt(before.creditsUsed)} → ` +
+      `${fmtInt(after.creditsUsed)}`);
+  } else if (before.creditsUsed !== after.creditsUsed) {
+    parts.push(`usage ${fmtInt(before.creditsUsed)} → ${fmtInt(after.creditsUsed)}`);
+  }
+  if (!parts.length) parts.push("Your credits were checked and corrected");
+  const sentence = parts.join("; ");
+  return `${sentence.charAt(0).toUpperCase()}${sentence.slice(1)}.`;
+}
+
+async function sync() {
+  if (busy) return;
+  setBusy(true);
+  syncMessages.clear();
+  let waitSeconds = 0;
+  try {
+    const result = await api("/api/billing/sync-credits", { token, method: "POST" });
+    render(result.after);
+    syncMessages.show(result.changes.length ? "success" : "info", summarize(result));
+    loadHistory(0);
+  } catch (error) {
+    waitSeconds = error.status === 429 ? error.retryAfter || 5 : 0;
+    explain(error, syncMessages, { retry: sync });
+  } finally {
+    setBusy(false);
+    if (waitSeconds) holdOff(waitSeconds);
+    keepFocus(syncButton, syncButton);
+  }
+}
+
+/** After a 429 the button stays off for the time the server asked for. */
+function holdOff(seconds) {
+  syncButton.disabled = true;
+  window.setTimeout(() => {
+    syncButton.disabled = false;
+    syncMessages.show("info", "You can sync again now.");
+  }, seconds * 1000);
+}
+
+/** Turn an API error into a message that says what to do (and a button that does it). */
+function explain(error, messages, { retry }) {
+  if (!(error instanceof ApiError)) {
+    messages.show("error", "Something went wrong in this page: reload it and try again.",
+      { label: "Reload page", run: () => window.location.reload() });
+    return;
+  }
+  const retryAction = retry ? { label: "Retry", run: retry } : undefined;
+  switch (true) {
+    case error.status === 0:
+      messages.show("error", "Could not reach creditsync: check your connection, then try " +
+        "again.", retryAction);
+      break;
+    case error.code === "token_expired":
+      messages.show("error", "Your session has expired: reload the page to continue.",
+        { label: "Reload page", run: () => window.location.reload() });
+      break;
+    case error.status === 401:
+      messages.show("error", "This page could not confirm which site you are signed in to: " +
+        "open Billing & Credits again from your dashboard.");
+      break;
+    case error.status === 429:
+      messages.show("warning",
+        `You synced a moment ago: try again in ${error.retryAfter || 5} s.`);
+      break;
+    case error.code === "instance_not_found":
+      messages.show("error", "creditsync has no record of this site yet: reopen the app " +
+        "from your dashboard, and contact support if this persists.");
+      break;
+    case error.status === 503:
+      messages.show("error", `creditsync is briefly unavailable: try again in ` +
+        `${error.retryAfter || 5} s.`, retryAction);
+      break;
+    default:
+      messages.show("error", `That did not work (${error.message}): try again.`, retryAction);
+  }
+}
+
+// -- history ----------------------------------------------------------------------------
+
+const historyMessages = new Messages($("#history-alert"), $("#history-alert"));
+
+async function loadHistory(index, { userAction = false } = {}) {
+  const body = $("#history-body");
+  body.setAttribute("aria-busy", "true");
+  $("#history-newer").disabled = $("#history-older").disabled = true;
+  try {
+    const entries = await history.load(index);
+    if (!entries) return; // a newer load took over
+    fill(body, historyTable(entries, names, "Credit history, newest first"));
+    fill($("#history-alert"));
+  } catch (error) {
+    explain(error, historyMessages, { retry: () => loadHistory(index, { userAction }) });
+  } finally {
+    body.setAttribute("aria-busy", "false");
+  }
+  $("#history-newer").disabled = history.index === 0;
+  $("#history-older").disabled = !history.hasOlder;
+  $("#history-where").textContent = `Page ${history.index + 1}`;
+  if (userAction) keepFocus(null, $("#history-title"));
+}
+
+// -- start ------------------------------------------------------------------------------
+
+async function start() {
+  syncButton.addEventListener("click", sync);
+  $("#history-newer").addEventListener(
+    "click", () => loadHistory(history.index - 1, { userAction: true }));
+  $("#history-older").addEventListener(
+    "click", () => loadHistory(history.index + 1, { userAction: true }));
+  const pageMessages = new Messages($("#page-alert"), $("#page-alert"));  // one region
+  if (!token) {
+    pageMessages.show("error", "Open this page from your site's dashboard: its link carries " +
+      "the sign-in that tells creditsync which site you are.");
+    $("#sync-state").textContent = "Not signed in";
+    fill($("#history-body"), h("p", { class: "muted" }, "No site selected."));
+    return;
+  }
+  names = await PlanNames.load();
+  try {
+    render(await api("/api/billing/credits", { token }));
+    syncButton.disabled = false;
+  } catch (error) {
+    $("#sync-state").textContent = "Unavailable";
+    $("#usage").setAttribute("aria-busy", "false");
+    explain(error, pageMessages, { retry: () => window.location.reload() });
+    fill($("#history-body"), h("p", { class: "muted" }, "Not available."));
+    return;
+  }
+  await loadHistory(0);
+}
+
+start();

@@ -1,0 +1,122 @@
+"""The webhook's async PostgreSQL path (`creditsync.inbox_pg`) against the reference.
+
+Random event sequences (every type, known, aliased and unknown products, reordered and
+repeated times, expiries around now) go through `inbox.ingest` on one database and
+through `inbox_pg.store` + `inbox_pg.process` on another: every answer, subscription,
+instance, ledger row and inbox row must come out the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from creditsync import catalog, inbox, inbox_pg, plans, policy
+from creditsync.storage import database, models
+from tests.api.conftest import fresh_database
+
+T0 = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
+TYPES = ["AppInstalled", "AppRemoved", "PaidPlanPurchased", "PaidPlanChanged",
+         "PaidPlanAutoRenewalCancelled", "PlanConvertedToPaid", "PlanReactivated",
+         "PlanTransferred", "SiteRenamed"]
+PRODUCTS = [None, "free", "starter", "pro", "pro-yearly", "scale", "mystery"]
+_examples = itertools.count()
+
+events = st.lists(st.tuples(
+    st.sampled_from(TYPES), st.integers(0, 1), st.sampled_from(PRODUCTS),
+    st.integers(-72, 0),  # operationTimeStamp, hours from T0 (repeats: duplicates)
+    st.one_of(st.none(), st.integers(-240, 240)),  # expiresOn, hours from T0
+    st.integers(0, 2000),  # minutes after T0 it arrives
+), min_size=1, max_size=12)
+
+
+@pytest.fixture
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    with fresh_database(request, "postgres", tmp_path / "a") as a, \
+            fresh_database(request, "postgres", tmp_path / "b") as b:
+        engines = database.create(a), database.create(b)
+        for engine in engines:
+            with database.write(engine) as conn:
+                catalog.upsert(conn, plans.Plan("pro", 5000, aliases=("pro-yearly",)), T0)
+        loop = asyncio.new_event_loop()
+        pool = inbox_pg.pool(b, size=2)
+        loop.run_until_complete(pool.open(wait=True))
+        try:
+            yield engines, (loop, pool)
+        finally:
+            loop.run_until_complete(pool.close())
+            loop.close()
+            for engine in engines:
+                engine.dispose()
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sequence=events)
+def test_the_async_path_decides_exactly_like_the_reference(
+    databases: tuple[Any, Any], sequence: list[tuple[Any, ...]],
+) -> None:
+    (reference, _), (loop, pool) = databases
+    prefix = f"eq{next(_examples)}-"
+    pol = policy.Policy(expiry_grace_period=dt.timedelta(hours=6))
+    arrivals = sorted(sequence, key=lambda e: e[5])
+    answers_a, answers_b = [], []
+    for event_type, who, product, at, expires, arrives in arrivals:
+        payload: dict[str, Any] = {}
+        if product is not None:
+            payload["vendorProductId"] = product
+        if expires is not None:
+            payload["expiresOn"] = (T0 + dt.timedelta(hours=expires)).isoformat()
+        incoming = inbox.Incoming(
+            instance_id=f"{prefix}{who}", event_type=event_type,
+            operation_time=T0 + dt.timedelta(hours=at), product_id=product,
+            expires_at=None, payload=payload)
+        now = T0 + dt.timedelta(minutes=arrives)
+        answers_a.append(inbox.ingest(reference, incoming, now=now, pol=pol).status)
+        answers_b.append(loop.run_until_complete(_ingest(pool, incoming, now, pol)))
+
+    assert answers_b == answers_a
+    assert _state(databases[0][1], prefix) == _state(reference, prefix)
+
+
+async def _ingest(pool: Any, incoming: inbox.Incoming, now: dt.datetime,
+                  pol: policy.Policy) -> str:
+    if len(incoming.instance_id) % 2:  # both entry points: the webhook's, and store+process
+        return (await inbox_pg.ingest(pool, incoming, now=now, pol=pol)).status
+    receipt = await inbox_pg.store(pool, incoming, now)
+    if receipt.status != "pending":
+        return receipt.status
+    return await inbox_pg.process(pool, receipt.event_id, now=now, pol=pol)
+
+
+def _state(engine: Any, prefix: str) -> dict[str, Any]:
+    """Everything the two paths write, with event ids replaced by their arrival order."""
+    e, s, i, ledger = (models.WebhookEvent.__table__, models.Subscription.__table__,
+                       models.Instance.__table__, models.LedgerEntry.__table__)
+    like = f"{prefix}%"
+    with database.read(engine) as conn:
+        inbox_rows = conn.execute(sa.select(e).where(e.c.instance_id.like(like))
+                                  .order_by(e.c.received_at, e.c.operation_time,
+                                            e.c.event_type)).all()
+        order = {row.id: n for n, row in enumerate(inbox_rows)}
+        return {
+            "inbox": [{k: v for k, v in row._mapping.items() if k not in ("id",)}
+                      for row in inbox_rows],
+            "subscriptions": [dict(row._mapping) for row in conn.execute(
+                sa.select(s).where(s.c.instance_id.like(like)).order_by(s.c.instance_id))],
+            "instances": [dict(row._mapping) for row in conn.execute(
+                sa.select(i).where(i.c.instance_id.like(like)).order_by(i.c.instance_id))],
+            "ledger": [{**{k: v for k, v in row._mapping.items() if k != "id"},
+                        "correlation_id": order.get(row.correlation_id, row.correlation_id)}
+                       for row in conn.execute(sa.select(ledger).where(
+                           ledger.c.instance_id.like(like)).order_by(ledger.c.id))],
+        }
