@@ -106,3 +106,13 @@ def test_run_converges_a_seeded_database_at_start_up(db_url: str) -> None:
             process.wait(timeout=30)
     assert process.returncode == 0
     assert run(db_url, "check").returncode == 0
+
+
+def test_an_unreadable_plans_file_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    missing = tmp_path / "nope.yaml"
+    result = run(url, "db", "upgrade", CREDITSYNC_PLANS_FILE=str(missing))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"CREDITSYNC_PLANS_FILE: {missing}: cannot be read (No such file or directory)" in (
+        result.stderr)

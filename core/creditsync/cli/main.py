@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from creditsync import alerts, catalog, config, convergence, logs, runner
+from creditsync import alerts, catalog, config, convergence, logs, plans, runner
 from creditsync.cli import dev, drift, operator_cmd, plans_cmd, serve, webhooks
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
@@ -42,8 +42,7 @@ def db_upgrade(ctx: Context) -> None:
     """Create or upgrade the schema to this version's (idempotent)."""
     before = schema.current(ctx.engine)
     schema.upgrade(ctx.engine)
-    with database.write(ctx.engine) as conn:
-        seeded = catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow())
+    seeded = seed_catalog(ctx)
     click.echo(f"schema {before or 'empty'} → {schema.head()} at "
                f"{database.describe(ctx.settings.database_url)}"
                + ("; seeded the plan catalog" if seeded else ""))
@@ -54,10 +53,19 @@ def prepare_standalone(ctx: Context) -> None:
     if database.is_sqlite(ctx.engine):
         schema.upgrade(ctx.engine)
     ctx.require_schema()
-    with database.write(ctx.engine) as conn:
-        if catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow()):
-            log.info("seeded the plan catalog from %s",
-                     ctx.settings.plans_file or "the built-in defaults")
+    if seed_catalog(ctx):
+        log.info("seeded the plan catalog from %s",
+                 ctx.settings.plans_file or "the built-in defaults")
+
+
+def seed_catalog(ctx: Context) -> bool:
+    """Fill an empty catalog from CREDITSYNC_PLANS_FILE or the defaults; True if it wrote."""
+    try:
+        with database.write(ctx.engine) as conn:
+            return catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow())
+    except plans.CatalogError as exc:
+        raise click.ClickException(
+            f"CREDITSYNC_PLANS_FILE: {exc} (nothing was changed)") from exc
 
 
 _host = click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
