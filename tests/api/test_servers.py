@@ -151,7 +151,7 @@ def test_every_event_answered_200_survives_a_crash_and_is_applied(
         assert failures, "the crash should have cut the stream"
         assert len(answered) < total
 
-        with _running(url, keys, tmp_path / "second.log"):  # retries what was stored
+        with _running(url, keys, tmp_path / "second.log") as second:  # retries the stored
             engine = database.create(url)
             try:
                 _wait_all_applied(engine)
@@ -160,10 +160,13 @@ def test_every_event_answered_200_survives_a_crash_and_is_applied(
                 plans_now = _plans(engine)
             finally:
                 engine.dispose()
+            log = second.output()
 
     for inst, _plan, answer in answered:
-        assert events[answer["eventId"]][1] == "applied", (inst, answer)
-    assert not drifted
+        assert answer["eventId"] in events, (inst, answer, "answered 200 but not stored")
+        assert events[answer["eventId"]][1] == "applied", (inst, answer,
+                                                           events[answer["eventId"]], log)
+    assert not drifted, (drifted, log)
     newest: dict[str, tuple[dt.datetime, str]] = {}
     for inst, status, product, at in events.values():
         assert status == "applied"
