@@ -51,8 +51,12 @@ class State:
     source_time: dt.datetime
 
 
-def get(conn: Connection, instance_id: str) -> State | None:
-    row = conn.execute(sa.select(_s).where(_s.c.instance_id == instance_id)).first()
+def get(conn: Connection, instance_id: str, *, lock: bool = False) -> State | None:
+    """The instance's subscription; `lock` holds its row until commit (PostgreSQL)."""
+    query = sa.select(_s).where(_s.c.instance_id == instance_id)
+    if lock and conn.dialect.name != "sqlite":  # SQLite's BEGIN IMMEDIATE already serializes
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     if row is None:
         return None
     return State(row.plan_id, row.status, row.expires_at, row.rev, row.source_time)
@@ -90,7 +94,7 @@ def accept(
     conn: Connection, event: BillingEvent, default_plan_id: str, now: dt.datetime
 ) -> Outcome:
     """Apply `event` to the instance's subscription unless a newer event was accepted."""
-    current = get(conn, event.instance_id)
+    current = get(conn, event.instance_id, lock=True)  # concurrent events queue up here
     if current is not None and event.operation_time < current.source_time:
         return "stale"
     new = next_state(current, event, default_plan_id)
