@@ -127,7 +127,7 @@ def _apply(
         if plan is None:
             return "quarantined"
         plan_id = plan.id
-    if row.event_type == subscriptions.INSTALLED:
+    if row.event_type in subscriptions.PROVISIONING:
         instances.create_if_missing(conn, row.instance_id, now, "webhook", row.id)
     expires = row.payload.get("expiresOn")
     event = subscriptions.BillingEvent(

@@ -302,7 +302,7 @@ def _decide(
         s_plan, s_status, _utc_or_none(s_expires), s_rev, _utc(s_time))
     actual = None if inst[0] is None else policy.Numbers(
         inst[0], inst[1], inst[2], inst[3], _utc(inst[4]), _utc(inst[5]), inst[6])
-    if event_type == subscriptions.INSTALLED and actual is None:
+    if event_type in subscriptions.PROVISIONING and actual is None:
         values, entry = instances.new_instance(instance_id, cat.default, now, "webhook",
                                                event_id)
         actual = policy.Numbers(values["plan_id"], values["credits_total"],

@@ -27,6 +27,8 @@ INSTALLED = "AppInstalled"
 REMOVED = "AppRemoved"
 PLAN_EVENTS = PURCHASES | CONFIRMATIONS | {CANCELLATION}
 EVENT_TYPES = PLAN_EVENTS | {INSTALLED, REMOVED}
+# An install, or a purchase (only an installed app can be bought): the instance exists after
+PROVISIONING = PURCHASES | {INSTALLED}
 
 Outcome = Literal["applied", "stale"]
 

@@ -223,17 +223,18 @@ def test_app_installed_provisions_on_the_default_plan(api: Api) -> None:
     assert kinds(api, inst) == ["provision"]
 
 
-def test_purchase_before_install_is_applied_when_the_app_is_installed(api: Api) -> None:
+def test_a_purchase_for_a_new_instance_has_its_credits_at_once(api: Api) -> None:
+    """Only an installed app can be bought: the purchase provisions the instance, and the
+    install event that may arrive after it changes nothing."""
     inst = api.instance()
     at = ms(api.now() - dt.timedelta(minutes=5))
     assert api.buy(inst, "pro", at)["status"] == "applied"
-    missing = api.http.get("/api/billing/credits", headers=api.auth(inst))
-    assert missing.status_code == 404
-    assert missing.json()["error"] == "instance_not_found"
+    assert without_sync_time(api.credits(inst)) == credits_view(inst, "pro", 5000, start=at)
 
     api.install(inst)
 
     assert without_sync_time(api.credits(inst)) == credits_view(inst, "pro", 5000, start=at)
+    assert kinds(api, inst) == ["provision", "plan_change"]
 
 
 def test_app_removed_falls_back_and_a_reinstall_gets_the_data_back(api: Api) -> None:
