@@ -67,8 +67,7 @@ def dev_banner(host: str, port: int) -> str:
 creditsync is running with development keys from ./.creditsync-dev (not for production).
 In another terminal, in this directory, try:
 
-  # the marketplace installs the app on instance demo-1, then Pro is bought for it
-  creditsync dev webhook AppInstalled --instance demo-1 --post {hook}
+  # Pro is bought for a new instance demo-1 (a signed PaidPlanPurchased webhook)
   creditsync dev webhook PaidPlanPurchased --instance demo-1 --product pro > purchase.jwt
   curl -s --data-binary @purchase.jwt {hook}           # "applied"
   curl -s -H {auth} {base}/api/billing/credits       # creditsTotal 5000
