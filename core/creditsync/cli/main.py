@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 
 import click
 
@@ -101,11 +100,13 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
              database.describe(ctx.settings.database_url),
              int(ctx.settings.sync_interval.total_seconds()))
     if no_api:
-        stop = threading.Event()
-        loop.stopping = stop
+        # The loop runs in its own thread: a signal handler that sets the event the main
+        # thread is waiting on would deadlock on the event's lock.
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        loop.serve()
+            signal.signal(sig, lambda *_: loop.stopping.set())
+        thread = loop.start()
+        while thread.is_alive():
+            thread.join(0.5)
         return
     app = serve.build_app(ctx)
     loop.on_run.append(app.state.creditsync.metrics.observe_run)
