@@ -6,6 +6,7 @@ with the built-in catalog seeded (PostgreSQL databases are cloned from a templat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 from collections.abc import Iterator
@@ -66,9 +67,10 @@ def _drop_pg_database(cluster: PostgresCluster, name: str) -> None:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+@contextlib.contextmanager
+def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
+    """A new database at the schema's head with the built-in catalog: `sqlite` or `postgres`."""
+    if backend == "sqlite":
         url = f"sqlite:///{tmp_path}/creditsync.db"
         prepare(url)
         yield url
@@ -79,6 +81,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield cluster.url(name)
     finally:
         _drop_pg_database(cluster, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request, request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from creditsync import config, convergence
 from creditsync.storage import database, models
 from creditsync_api import deps, devkeys, main, tokens, wix
-from tests.conftest import _drop_pg_database, _new_pg_database, prepare
+from tests.conftest import _drop_pg_database, _new_pg_database, fresh_database, prepare
 from tests.support.postgres import PostgresCluster, free_port
 
 HOOK = "/api/webhooks/billing"
@@ -196,13 +196,13 @@ class Api:
 
     # -- the database, for what the API does not show --
     def inbox(self, instance_id: str) -> list[sa.Row[Any]]:
-        e = models.WebhookEvent.__table__
+        e = models.WEBHOOK_EVENTS
         with database.read(self.engine) as conn:
             return list(conn.execute(sa.select(e).where(e.c.instance_id == instance_id)
                                      .order_by(e.c.received_at, e.c.id)))
 
     def ledger(self, instance_id: str) -> list[sa.Row[Any]]:
-        ledger = models.LedgerEntry.__table__
+        ledger = models.LEDGER
         with database.read(self.engine) as conn:
             return list(conn.execute(sa.select(ledger).where(ledger.c.instance_id == instance_id)
                                      .order_by(ledger.c.id)))
@@ -210,21 +210,6 @@ class Api:
     def execute(self, statement: sa.Executable) -> None:
         with database.write(self.engine) as conn:
             conn.execute(statement)
-
-
-@contextlib.contextmanager
-def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/creditsync.db"
-        prepare(url)
-        yield url
-        return
-    cluster: PostgresCluster = request.getfixturevalue("pg")
-    name = _new_pg_database(cluster)
-    try:
-        yield cluster.url(name)
-    finally:
-        _drop_pg_database(cluster, name)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from creditsync import catalog, plans
 from creditsync.storage import database, models
 from tests.api.conftest import Api, iso, ms
 
-_i = models.Instance.__table__
+_i = models.INSTANCES
 
 
 def get(api: Api, path: str, **params: Any) -> Any:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from creditsync import catalog, inbox, inbox_pg, plans, policy
 from creditsync.storage import database, models
-from tests.api.conftest import fresh_database
+from tests.conftest import fresh_database
 
 T0 = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
 TYPES = ["AppInstalled", "AppRemoved", "PaidPlanPurchased", "PaidPlanChanged",
@@ -114,8 +114,8 @@ async def _ingest(pool: Any, incoming: inbox.Incoming, now: dt.datetime,
 
 def _state(engine: Any, prefix: str) -> dict[str, Any]:
     """Everything the two paths write, with event ids replaced by their arrival order."""
-    e, s, i, ledger = (models.WebhookEvent.__table__, models.Subscription.__table__,
-                       models.Instance.__table__, models.LedgerEntry.__table__)
+    e, s, i, ledger = (models.WEBHOOK_EVENTS, models.SUBSCRIPTIONS,
+                       models.INSTANCES, models.LEDGER)
     like = f"{prefix}%"
     with database.read(engine) as conn:
         inbox_rows = conn.execute(sa.select(e).where(e.c.instance_id.like(like))

@@ -18,7 +18,7 @@ from creditsync import policy
 from creditsync.storage import models
 from tests.api.conftest import Api, iso, ms
 
-_i = models.Instance.__table__
+_i = models.INSTANCES
 
 
 def provision(api: Api, instance_id: str) -> dict[str, Any]:

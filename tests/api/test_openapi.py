@@ -22,7 +22,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
 
 from creditsync_api import deps, devkeys, main, tokens, wix
-from tests.api.conftest import fresh_database, settings_for
+from tests.api.conftest import settings_for
+from tests.conftest import fresh_database
 
 INSTANCE = "schemathesis-instance"
 # Answers a schema-valid request may get: 400 for an opaque cursor this API never handed out,

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from creditsync import config, convergence, inbox, inbox_pg, policy
 from creditsync.storage import database, schema
 from creditsync_api import devkeys, main
-from tests.api.conftest import Api, Server, fresh_database, local_app, ms, server_env, settings_for
+from tests.api.conftest import Api, Server, local_app, ms, server_env, settings_for
+from tests.conftest import fresh_database
 from tests.support.postgres import PostgresCluster
 
 

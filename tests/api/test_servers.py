@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from creditsync import convergence
 from creditsync.storage import database, models
 from creditsync_api import devkeys, wix
-from tests.api.conftest import HOOK, Server, fresh_database, server_env
+from tests.api.conftest import HOOK, Server, server_env
+from tests.conftest import fresh_database
 
 PLANS = ("starter", "pro", "scale")
 
@@ -174,14 +175,14 @@ def test_every_event_answered_200_survives_a_crash_and_is_applied(
 
 
 def _events(engine: sa.Engine) -> dict[str, tuple[str, str, str | None, dt.datetime]]:
-    e = models.WebhookEvent.__table__
+    e = models.WEBHOOK_EVENTS
     with database.read(engine) as conn:
         return {row.id: (row.instance_id, row.status, row.product_id, row.operation_time)
                 for row in conn.execute(sa.select(e))}
 
 
 def _plans(engine: sa.Engine) -> dict[str, str]:
-    i = models.Instance.__table__
+    i = models.INSTANCES
     with database.read(engine) as conn:
         return {row.instance_id: row.plan_id for row in conn.execute(sa.select(i))}
 
