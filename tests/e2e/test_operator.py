@@ -258,8 +258,9 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
 
 def test_start_up_converges_drift_and_reports_it(system: System) -> None:
     drifted = seed.drifted_count(INSTANCES, DRIFTED_PCT)
-    obj = system.wait_sync("the start-up run's status",
-                           lambda s: s.get("status", {}).get("lastSyncTime"))
+    # the conditions are a patch of their own, landing just after the rest: wait for both
+    obj = system.wait_sync("the start-up run's status", lambda s: s.get("status", {}).get(
+        "lastSyncTime") and status_of(s, "Ready") == ("True", "Synced"))
     status = obj["status"]
     assert status["instances"] == INSTANCES
     assert status["drifted"] == 0
@@ -276,7 +277,8 @@ def test_start_up_converges_drift_and_reports_it(system: System) -> None:
     assert condition(obj, "Ready")["observedGeneration"] == obj["metadata"]["generation"]
     assert system.drifted() == []
 
-    [event] = system.events("creditsync", "Repaired")
+    [event] = system.wait("the Repaired event",
+                          lambda: system.events("creditsync", "Repaired"))
     assert event.type == "Normal"
     assert event.message.startswith(f"startup run repaired {drifted} of {INSTANCES} instances: ")
     assert event.message.endswith(f" and {drifted - 5} more")
@@ -422,16 +424,19 @@ def test_a_new_interval_takes_effect_without_a_restart(system: System) -> None:
 def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
     system.hand_edit(["seed-0000031", "seed-0000032", "seed-0000033"], 3)
     system.patch("creditsyncs", "creditsync", {"dryRun": True})
-    obj = system.wait_sync("the dry run's status", lambda s: s["status"]["lastRun"]["dryRun"])
-    assert obj["status"]["drifted"] == 3
-    assert status_of(obj, "Ready") == ("True", "DryRun")
-    assert status_of(obj, "Converged") == ("False", "DryRun")
-    assert len(system.drifted()) == 3
-    [event] = system.wait("the DriftFound event",
-                          lambda: system.events("creditsync", "DriftFound"))
-    assert event.message.startswith("dry run found 3 of 200 instances drifted, not repaired: ")
-
-    system.patch("creditsyncs", "creditsync", {"dryRun": False})
+    try:
+        # the conditions are a patch of their own, landing just after lastRun: wait for both
+        obj = system.wait_sync("the dry run's status", lambda s: s["status"]["lastRun"][
+            "dryRun"] and status_of(s, "Ready") == ("True", "DryRun"))
+        assert obj["status"]["drifted"] == 3
+        assert status_of(obj, "Converged") == ("False", "DryRun")
+        assert len(system.drifted()) == 3
+        [event] = system.wait("the DriftFound event",
+                              lambda: system.events("creditsync", "DriftFound"))
+        assert event.message.startswith(
+            "dry run found 3 of 200 instances drifted, not repaired: ")
+    finally:  # later tests need a converging operator, whatever happened here
+        system.patch("creditsyncs", "creditsync", {"dryRun": False})
     system.wait("repair once the dry run is off", lambda: system.drifted() == [])
     system.wait("Converged again", lambda: status_of(system.sync(), "Converged") == (
         "True", "InSync"))
