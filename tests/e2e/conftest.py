@@ -8,7 +8,6 @@ missing: the fixture fails with the script's error instead.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import processes
 from tests.support.kubecluster import KubeCluster
 
 OPERATOR_NAMESPACE = "creditsync"
@@ -61,12 +61,6 @@ class OperatorProcess:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = processes.terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code

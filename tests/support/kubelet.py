@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from tests.support import processes
 from tests.support.kubecluster import KubeCluster, kubectl
 
 BIN = Path(sys.executable).parent
@@ -174,14 +174,7 @@ class ContainerRun:
         """SIGTERM, as a kubelet stopping the pod sends; SIGKILL after `timeout`."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return processes.terminate(self.proc, timeout)
 
 
 def patch_status(cluster: KubeCluster, namespace: str, kind: str, name: str,
