@@ -75,6 +75,22 @@ def test_the_chart_crds_are_the_canonical_ones() -> None:
     assert not differ, f"copy deploy/crds/{differ[0]} to charts/creditsync/crds/ (they differ)"
 
 
+def test_no_category_is_a_kind_s_name() -> None:
+    """kubectl expands a category before it looks for a kind: a category named like a kind
+    turns `kubectl get creditsync NAME` into "you must specify only one resource"."""
+    crds = [crd for path in sorted((render.DEPLOY / "crds").glob("*.yaml"))
+            for crd in yaml.safe_load_all(path.read_text()) if crd]
+    names: set[str] = set()
+    categories: set[str] = set()
+    for crd in crds:
+        spec = crd["spec"]["names"]
+        names |= {spec["plural"], spec.get("singular", spec["kind"].lower()),
+                  spec["kind"].lower(), *spec.get("shortNames", [])}
+        categories |= set(spec.get("categories", []))
+    assert {"creditsync", "creditsyncs", "csync", "creditplan", "cplan"} <= names
+    assert categories == {"creditsync-all"}
+    assert categories & names == set()
+
 @pytest.mark.parametrize("name", sorted(render.VALUES))
 def test_helm_lint_strict_passes(name: str) -> None:
     done = render.lint(render.VALUES[name])
