@@ -42,6 +42,7 @@ DEFAULTS = render.VALUES["defaults"]
 K8S_VERSIONS = (kubernetes_validate.utils.all_versions()[0],
                 kubernetes_validate.utils.latest_version())
 PROMETHEUS_KINDS = {"ServiceMonitor", "PrometheusRule"}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # in-cluster config
 INTERNAL_ROUTES = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect",
                    "/redoc", "/openapi.json"}
 
@@ -333,6 +334,87 @@ def test_every_pod_is_hardened(name: str) -> None:
             assert ctx["runAsUser"] == 10001, (where, c["name"])
             assert c["resources"]["requests"], where
             assert c["resources"]["limits"]["memory"], where
+
+
+@pytest.mark.parametrize("name", sorted(render.VALUES))
+def test_only_the_operator_container_holds_a_kubernetes_token(name: str) -> None:
+    """The API sidecar faces the internet: no pod gets the ServiceAccount's token mounted
+    into every container; the operator container alone mounts a projected one."""
+    out = render.render(render.VALUES[name])
+    for account in (m for m in out if m["kind"] == "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    mounted = {}
+    for where, spec in pods(out):
+        assert spec["automountServiceAccountToken"] is False, where
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        assert not [v for v in volumes.values() if "secret" in v], where  # no token Secret
+        for c in spec["containers"]:
+            for mount in c.get("volumeMounts", []):
+                if "projected" in volumes[mount["name"]] or mount["mountPath"].startswith(
+                        "/var/run/secrets/"):
+                    mounted[(where, c["name"])] = mount
+    deployment = find(out, "Deployment")
+    where = f"Deployment/{deployment['metadata']['name']}"
+    assert mounted == {(where, "operator"): {
+        "name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    # what automountServiceAccountToken would have given every container
+    assert volumes["kube-api-access"] == {"name": "kube-api-access", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt",
+                       "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+            "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}
+
+
+@pytest.mark.parametrize("name", sorted(render.VALUES))
+def test_pod_templates_carry_the_selector_labels_only(name: str) -> None:
+    out = render.render(render.VALUES[name])
+    selector = {"app.kubernetes.io/name": "creditsync", "app.kubernetes.io/instance": "creditsync"}
+    deployment = find(out, "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"] == (
+        deployment["spec"]["selector"]["matchLabels"]) == {
+        **selector, "app.kubernetes.io/component": "server"}
+    # the objects themselves keep the full labels
+    assert {"helm.sh/chart": "creditsync-0.1.0", "app.kubernetes.io/version": "0.1.0",
+            "app.kubernetes.io/managed-by": "Helm"}.items() <= (
+        deployment["metadata"]["labels"].items())
+    for job in (m for m in out if m["kind"] == "Job"):
+        assert job["spec"]["template"]["metadata"]["labels"] == {
+            **selector, "app.kubernetes.io/component": "migration"}
+        assert "helm.sh/chart" in job["metadata"]["labels"]
+    labelled = render.render(render.VALUES[name], sets=["podLabels.team=billing",
+                                                        "commonLabels.cost=credits"])
+    template = find(labelled, "Deployment")["spec"]["template"]
+    assert template["metadata"]["labels"] == {
+        **selector, "app.kubernetes.io/component": "server", "team": "billing"}
+
+
+def test_a_new_chart_version_alone_rolls_no_pod(tmp_path: Path) -> None:
+    """Pod templates (labels, the secret checksum) do not change with the chart's version."""
+    chart = tmp_path / "creditsync"
+    shutil.copytree(render.CHART, chart)
+    meta = chart / "Chart.yaml"
+    meta.write_text(meta.read_text().replace("\nversion: 0.1.0\n", "\nversion: 0.1.1\n"))
+
+    def templates(path: Path) -> dict[str, Any]:
+        done = render.helm("template", render.RELEASE, str(path), "--namespace",
+                           render.NAMESPACE, "-f", str(DEFAULTS))
+        assert done.returncode == 0, done.stderr
+        docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+        assert find(docs, "Deployment")["metadata"]["labels"]["helm.sh/chart"] == (
+            f"creditsync-{yaml.safe_load((path / 'Chart.yaml').read_text())['version']}")
+        return {f"{m['kind']}/{m['metadata']['name']}": m["spec"]["template"]
+                for m in docs if m["kind"] in ("Deployment", "Job")}
+
+    before, after = templates(render.CHART), templates(chart)
+    assert sorted(before) == ["Deployment/creditsync", "Job/creditsync-migrate"]
+    assert after == before
+    # a changed secret value still restarts the pods
+    changed = render.render(DEFAULTS, sets=["secrets.adminToken.value=another-token"])
+    assert find(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "checksum/secret"] != before["Deployment/creditsync"]["metadata"]["annotations"][
+        "checksum/secret"]
 
 
 # ---- validation of the rendered manifests -----------------------------------------------

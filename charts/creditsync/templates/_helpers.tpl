@@ -108,6 +108,18 @@ Env entries read from secret entries: `.envs` maps each variable to its secret e
 {{- end }}
 {{- end }}
 
+{{/*
+The chart's Secret's data. The pods' checksum/secret annotation hashes this, not the whole
+Secret, whose labels change with every chart version.
+*/}}
+{{- define "creditsync.ownSecretData" -}}
+{{- range $name, $entry := .Values.secrets }}
+{{- if and (kindIs "map" $entry) $entry.value (not $entry.existingSecret) }}
+{{ $entry.key }}: {{ $entry.value | b64enc | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* True ("true") when at least one secret entry is given as a value. */}}
 {{- define "creditsync.ownSecret" -}}
 {{- range $name, $entry := .Values.secrets }}
