@@ -4,16 +4,18 @@
 There is no kubelet or Job controller (tests/support/kubelet.py), so the test does their
 part: it runs the migration hook Job's container and marks the Job complete while Helm
 waits for it, runs the Deployment's `operator` and `api` containers with exactly the
-environment the pod spec gives them, as the chart's ServiceAccount (a static token for
-`system:serviceaccount:creditsync:creditsync`), and runs the `helm test` pod. The API
-server writes an audit log of the ServiceAccount's requests: the Role must grant exactly
-what the operator uses.
+environment and volumes the pod spec gives them, and runs the `helm test` pod. Only the
+operator container mounts a service-account token (a bound token for
+`system:serviceaccount:creditsync:creditsync` from the TokenRequest API, as the kubelet
+gets it); the API sidecar has none. The API server writes an audit log of the
+ServiceAccount's requests: the Role must grant exactly what the operator uses.
 
 One cluster, database and release serve the module; the tests run in order.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -164,13 +166,13 @@ class Release:
         return spec
 
     def start(self, name: str) -> kubelet.ContainerRun:
-        """Start container `name` of the Deployment's pod as its ServiceAccount would run."""
+        """Start container `name` of the Deployment's pod, with the Kubernetes credentials
+        its volumes give it (the operator's projected token; none for the API)."""
         pod = self.pod_spec()
         assert pod["serviceAccountName"] == ACCOUNT
         run = kubelet.ContainerRun(
             self.cluster, self.namespace, pod, name, self.work / name,
-            localize={"0.0.0.0": "127.0.0.1"},  # the pod's listen address, on loopback here
-            extra_env={"KUBECONFIG": str(self.operator_kubeconfig)})
+            localize={"0.0.0.0": "127.0.0.1"})  # the pod's listen address, on loopback here
         self.containers[name] = run.start()
         return run
 
@@ -229,6 +231,14 @@ class Release:
             return {table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table))
                                     .scalar_one())
                     for table in (models.INSTANCES, models.LEDGER, models.PLANS)}
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, unverified (the API server verified them when it accepted it)."""
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
 
 
 def _public_key_pem() -> str:
@@ -293,6 +303,10 @@ def installed(cluster: KubeCluster, pg: PostgresCluster, work: Path, audit_log: 
         # without one (the migration Job's, the test pod) run as
         kubectl(cluster, "create", "namespace", namespace, check=True)
         kubectl(cluster, "-n", namespace, "create", "serviceaccount", "default", check=True)
+        # and what the controller-manager's root CA publisher would: the CA that projected
+        # token volumes carry as ca.crt
+        kubectl(cluster, "-n", namespace, "create", "configmap", "kube-root-ca.crt",
+                f"--from-file=ca.crt={cluster.ca_path}", check=True)
         rel = Release(namespace, cluster, engine, work / namespace, audit_log, path,
                       api_port, liveness_port, alerts)
         try:
@@ -357,6 +371,18 @@ def test_the_operator_converges_as_the_chart_service_account(release: Release) -
         "CREDITSYNC_DATABASE_URL", "CREDITSYNC_ALERT_WEBHOOK_URL", "CREDITSYNC_ALERT_THROTTLE",
         "CREDITSYNC_USAGE_ON_PLAN_CHANGE", "CREDITSYNC_EXPIRY_GRACE_PERIOD",
         "CREDITSYNC_BATCH_SIZE"}
+    # its Kubernetes credentials are the projected volume's: a token bound to the chart's
+    # ServiceAccount (not the static one the test's kubectl uses), the cluster's CA
+    token_dir = operator.mounts[kubelet.SERVICE_ACCOUNT_DIR]
+    assert sorted(p.name for p in token_dir.iterdir()) == ["ca.crt", "namespace", "token"]
+    assert (token_dir / "namespace").read_text() == NS
+    token = (token_dir / "token").read_text()
+    assert token != release.cluster.token(f"sa-{NS}-{ACCOUNT}")
+    claims = _jwt_claims(token)
+    assert claims["sub"] == USER
+    assert 3500 < claims["exp"] - claims["iat"] < 3700  # the volume's expirationSeconds
+    kubeconfig = yaml.safe_load(Path(operator.env["KUBECONFIG"]).read_text())
+    assert kubeconfig["users"][0]["user"] == {"tokenFile": str(token_dir / "token")}
 
     def synced() -> dict[str, Any] | None:
         obj = release.get("creditsyncs", "creditsync")
@@ -457,6 +483,9 @@ def test_the_api_sidecar_answers_its_probes_and_helm_test_passes(release: Releas
     assert "Phase:          Failed" in done.stdout
 
     api = release.start("api")
+    # the sidecar that faces the internet holds no Kubernetes credentials
+    assert kubelet.SERVICE_ACCOUNT_DIR not in api.mounts
+    assert "KUBECONFIG" not in api.env
     spec = kubelet.container(release.pod_spec(), "api")
     ready = spec["readinessProbe"]["httpGet"]
     port = kubelet.container_port(spec, ready["port"])

@@ -5,9 +5,19 @@ a Job never runs. `ContainerRun` runs one container of a rendered pod spec as a 
 process instead, the way a node would: the image's entry point (`creditsync`) with the
 container's `args`, the container's `command` when it has one (`python` is this
 interpreter), and exactly the container's environment — literal values, `secretKeyRef`s
-read from the API server, ConfigMap volumes written to a local directory that stands in
-for the mount path. `localize` rewrites addresses that only exist inside a cluster
-(`0.0.0.0` listeners, Service DNS names) to loopback ones.
+read from the API server, ConfigMap and projected volumes written to a local directory
+that stands in for the mount path. `localize` rewrites addresses that only exist inside a
+cluster (`0.0.0.0` listeners, Service DNS names) to loopback ones.
+
+The Kubernetes API token goes only where the pod spec puts it. A projected volume's
+`serviceAccountToken` is a bound token from the API server's TokenRequest API for the pod's
+ServiceAccount, as the kubelet asks for it; unless the pod (or its ServiceAccount) turns
+`automountServiceAccountToken` off, every container gets such a volume at
+/var/run/secrets/kubernetes.io/serviceaccount, as the ServiceAccount admission plugin adds
+it. A client in a pod finds the API server through that directory (token, ca.crt,
+namespace) and `KUBERNETES_SERVICE_HOST`; a local process cannot have files at that path,
+so a container that mounts it gets instead a `KUBECONFIG` naming the same server and the
+local copies of exactly those files. A container without the mount gets no credentials.
 
 `complete_job` and `finish_pod` write the status a controller or kubelet would, so that
 Helm, which waits for hook Jobs and test pods, sees them finish.
@@ -28,6 +38,8 @@ from tests.support import processes
 from tests.support.kubecluster import KubeCluster, kubectl
 
 BIN = Path(sys.executable).parent
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # in-cluster config
+DEFAULT_TOKEN_SECONDS = 3600  # a projected serviceAccountToken's default expirationSeconds
 ENTRYPOINT = str(BIN / "creditsync")  # deploy/Dockerfile's ENTRYPOINT
 COMMANDS = {"python": sys.executable, "creditsync": ENTRYPOINT}
 
@@ -50,6 +62,34 @@ def container(pod_spec: Mapping[str, Any], name: str) -> dict[str, Any]:
         if found["name"] == name:
             return dict(found)
     raise PodError(f"the pod has no container {name!r}")
+
+
+def with_admitted_token(cluster: KubeCluster, namespace: str,
+                        pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """`pod_spec` as the ServiceAccount admission plugin stores it: unless the pod or its
+    ServiceAccount turns `automountServiceAccountToken` off, a `kube-api-access` projected
+    token volume, mounted into every container that has nothing at SERVICE_ACCOUNT_DIR."""
+    spec = dict(pod_spec)
+    automount = spec.get("automountServiceAccountToken")
+    if automount is None:
+        account = get_json(cluster, "-n", namespace, "serviceaccount",
+                           spec.get("serviceAccountName", "default"))
+        automount = account.get("automountServiceAccountToken", True)
+    if not automount:
+        return spec
+    spec["volumes"] = [*spec.get("volumes", []), {"name": "kube-api-access", "projected": {
+        "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"configMap": {"name": "kube-root-ca.crt",
+                           "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+                "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]
+    mount = {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
+    spec["containers"] = [
+        c if any(m["mountPath"] == SERVICE_ACCOUNT_DIR for m in c.get("volumeMounts", []))
+        else {**c, "volumeMounts": [*c.get("volumeMounts", []), mount]}
+        for c in spec["containers"]]
+    return spec
 
 
 def container_port(spec: Mapping[str, Any], port: int | str) -> int:
@@ -76,17 +116,19 @@ class ContainerRun:
         localize: Mapping[str, str] | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        pod_spec = with_admitted_token(cluster, namespace, pod_spec)
         self.spec = container(pod_spec, name)
         self.name = name
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        mounts = self._mount_volumes(cluster, namespace, pod_spec)
+        self.mounts = self._mount_volumes(cluster, namespace, pod_spec)
         self.argv = self._argv(localize or {})
         self.env = {
             "PATH": f"{BIN}:/usr/bin:/bin",
             "HOME": str(workdir),
             "LANG": "C.UTF-8",
-            **self._env(cluster, namespace, mounts),
+            **self._in_cluster_config(cluster),
+            **self._env(cluster, namespace, self.mounts),
             **(extra_env or {}),
         }
         self.log_path = workdir / f"{name}.log"
@@ -103,7 +145,8 @@ class ContainerRun:
 
     def _mount_volumes(self, cluster: KubeCluster, namespace: str,
                        pod_spec: Mapping[str, Any]) -> dict[str, Path]:
-        """ConfigMap volumes written under `workdir`; returns mount path → local directory."""
+        """ConfigMap, projected and emptyDir volumes written under `workdir`; returns mount
+        path → local directory."""
         volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
         mounts: dict[str, Path] = {}
         for mount in self.spec.get("volumeMounts", []):
@@ -111,14 +154,62 @@ class ContainerRun:
             local = self.workdir / "volumes" / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
-                data = get_json(cluster, "-n", namespace, "configmap",
-                                volume["configMap"]["name"]).get("data", {})
-                for key, text in data.items():
-                    (local / key).write_text(text)
+                _write_config_map(cluster, namespace, volume["configMap"], local)
+            elif "projected" in volume:
+                for source in volume["projected"]["sources"]:
+                    self._project(cluster, namespace, pod_spec, source, local)
             elif "emptyDir" not in volume:
-                raise PodError(f"volume {mount['name']}: only configMap and emptyDir are run")
+                raise PodError(f"volume {mount['name']}: only configMap, projected and "
+                               "emptyDir are run")
             mounts[mount["mountPath"]] = local
         return mounts
+
+    def _project(self, cluster: KubeCluster, namespace: str, pod_spec: Mapping[str, Any],
+                 source: Mapping[str, Any], local: Path) -> None:
+        """One source of a projected volume, as the kubelet writes it."""
+        if "serviceAccountToken" in source:
+            wanted = source["serviceAccountToken"]
+            args = ["-n", namespace, "create", "token",
+                    pod_spec.get("serviceAccountName", "default"),
+                    f"--duration={wanted.get('expirationSeconds', DEFAULT_TOKEN_SECONDS)}s"]
+            if wanted.get("audience"):
+                args.append(f"--audience={wanted['audience']}")
+            done = kubectl(cluster, *args)  # the kubelet's TokenRequest
+            if done.returncode != 0:
+                raise PodError(f"no token for the pod's ServiceAccount: {done.stderr.strip()}")
+            (local / wanted["path"]).write_text(done.stdout.strip())
+        elif "configMap" in source:
+            _write_config_map(cluster, namespace, source["configMap"], local)
+        elif "downwardAPI" in source:
+            for item in source["downwardAPI"]["items"]:
+                field = item.get("fieldRef", {}).get("fieldPath")
+                if field != "metadata.namespace":
+                    raise PodError(f"downwardAPI {item['path']}: only metadata.namespace is run")
+                (local / item["path"]).write_text(namespace)
+        else:
+            raise PodError(f"projected source {sorted(source)}: only serviceAccountToken, "
+                           "configMap and downwardAPI are run")
+
+    def _in_cluster_config(self, cluster: KubeCluster) -> dict[str, str]:
+        """`KUBECONFIG` for a container that mounts SERVICE_ACCOUNT_DIR: what in-cluster
+        configuration reads there, and the API server `KUBERNETES_SERVICE_HOST` names."""
+        local = self.mounts.get(SERVICE_ACCOUNT_DIR)
+        if local is None:
+            return {}
+        missing = [f for f in ("token", "ca.crt", "namespace") if not (local / f).is_file()]
+        if missing:
+            raise PodError(f"{SERVICE_ACCOUNT_DIR} lacks {', '.join(missing)}: in-cluster "
+                           "configuration would fail")
+        path = self.workdir / "in-cluster.kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "in-cluster",
+            "clusters": [{"name": "in-cluster", "cluster": {
+                "server": cluster.server, "certificate-authority": str(local / "ca.crt")}}],
+            "users": [{"name": "in-cluster", "user": {"tokenFile": str(local / "token")}}],
+            "contexts": [{"name": "in-cluster", "context": {
+                "cluster": "in-cluster", "user": "in-cluster",
+                "namespace": (local / "namespace").read_text()}}]}, indent=2))
+        return {"KUBECONFIG": str(path)}
 
     def _env(self, cluster: KubeCluster, namespace: str,
              mounts: Mapping[str, Path]) -> dict[str, str]:
@@ -175,6 +266,23 @@ class ContainerRun:
         if self.proc is None:
             return None
         return processes.terminate(self.proc, timeout)
+
+
+def _write_config_map(cluster: KubeCluster, namespace: str, ref: Mapping[str, Any],
+                      local: Path) -> None:
+    """A configMap volume or projected source: its `items`, or every key."""
+    done = kubectl(cluster, "-n", namespace, "get", "configmap", ref["name"], "-o", "json")
+    if done.returncode != 0:
+        if ref.get("optional"):
+            return
+        raise PodError(f"configmap {ref['name']}: {done.stderr.strip()} (the pod would not "
+                       "start: its volume cannot be mounted)")
+    data: dict[str, str] = json.loads(done.stdout).get("data", {})
+    items = ref.get("items") or [{"key": key, "path": key} for key in data]
+    for item in items:
+        if item["key"] not in data:
+            raise PodError(f"configmap {ref['name']} has no key {item['key']}")
+        (local / item["path"]).write_text(data[item["key"]])
 
 
 def patch_status(cluster: KubeCluster, namespace: str, kind: str, name: str,
