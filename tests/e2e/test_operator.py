@@ -245,15 +245,42 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
     assert "spec.interval in body should match" in out.stderr
     assert 'spec.usageOnPlanChange: Unsupported value: "Keep"' in out.stderr
     assert "spec.batchSize in body should be greater than or equal to 1" in out.stderr
-    # defaults come from the schema; short names and the category work
+    # defaults come from the schema
     spec = system.sync()["spec"]
     assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
                     "expiryGracePeriod": "0s", "suspend": False, "dryRun": False}
-    kinds = system.kubectl("get", "creditsync", "-o", "name").split()
-    assert "creditsync.creditsync.io/creditsync" in kinds
-    assert "creditplan.creditsync.io/pro" in kinds
-    assert system.kubectl("get", "csync", "-o", "name").split() == [
-        "creditsync.creditsync.io/creditsync"]
+
+
+def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
+        system: System) -> None:
+    """Singular, plural, short and qualified names each name one kind; the category
+    `creditsync-all` lists both. (While the category was `creditsync`, CreditSync's singular
+    name, kubectl expanded it first: `kubectl get creditsync NAME` failed with "you must
+    specify only one resource".)"""
+    sync, plan = "creditsync.creditsync.io/creditsync", "creditplan.creditsync.io/pro"
+    for kind, obj, names in (
+            ("creditsync", sync, ("creditsync", "creditsyncs", "csync", "csyncs",
+                                  "creditsync.creditsync.io", "creditsyncs.creditsync.io")),
+            ("creditplan", plan, ("creditplan", "creditplans", "cplan", "cplans",
+                                  "creditplan.creditsync.io"))):
+        object_name = obj.rsplit("/", 1)[1]
+        for name in names:
+            assert system.kubectl("get", name, object_name, "-o", "name").split() == [obj], name
+            listed = system.kubectl("get", name, "-o", "name").split()
+            assert obj in listed, name
+            assert all(found.startswith(f"{kind}.creditsync.io/") for found in listed), name
+    # what a user types first, in the default table output
+    rows = table(system.kubectl("get", "creditsync", "creditsync"))
+    assert rows[0] == ["NAME", "READY", "INSTANCES", "DRIFTED", "LAST SYNC", "AGE"]
+    assert [row[0] for row in rows[1:]] == ["creditsync"]
+    rows = table(system.kubectl("get", "creditplan", "pro"))
+    assert rows[0] == ["NAME", "CREDITS", "INSTANCES", "AGE"]
+    assert [row[:2] for row in rows[1:]] == [["pro", "5000"]]
+    both = system.kubectl("get", "creditsync-all", "-o", "name").split()
+    assert sync in both
+    assert plan in both
+    assert {found.split("/")[0] for found in both} == {"creditsync.creditsync.io",
+                                                        "creditplan.creditsync.io"}
 
 
 def test_start_up_converges_drift_and_reports_it(system: System) -> None:
