@@ -261,7 +261,7 @@ def _route_paths(routes: list[Any]) -> Iterator[str]:
 def test_the_default_ingress_paths_cover_every_public_route_of_the_api() -> None:
     """Every route the API serves is exposed, except health, metrics and the docs."""
     settings = config.Settings(wix_public_key=_public_key_pem(), app_secret="s",
-                               admin_token="t")
+                               admin_token="chart-test-admin-token")
     routes = set(_route_paths(api_main.create_app(settings).routes))
     paths = yaml.safe_load((render.CHART / "values.yaml").read_text())["ingress"]["paths"]
     public = routes - INTERNAL_ROUTES
