@@ -291,7 +291,7 @@ def installed(cluster: KubeCluster, pg: PostgresCluster, work: Path, audit_log: 
                 "databaseUrl": {"value": url},
                 "wixPublicKey": {"value": _public_key_pem()},
                 "appSecret": {"value": "e2e-app-secret"},
-                "adminToken": {"value": "e2e-admin-token"},
+                "adminToken": {"value": "e2e-chart-admin-token"},
                 "alertWebhookUrl": {"value": alerts.url},
             },
             "api": {"port": api_port},
