@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from creditsync_api import untrusted
+
 MAX_ID = 100
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -84,8 +86,7 @@ def verify(
                             f"{_hours(max_age)} is accepted): reload the dashboard for a "
                             "fresh one")
     instance_id = claims.get("instanceId")
-    if (not isinstance(instance_id, str) or not instance_id or len(instance_id) > MAX_ID
-            or "\x00" in instance_id):
+    if not isinstance(instance_id, str) or not instance_id or len(instance_id) > MAX_ID:
         raise TokenError("malformed_token", "the instance token has no valid instanceId")
     uid = claims.get("uid")
     if not isinstance(uid, str) or not uid:
@@ -100,13 +101,19 @@ def verify(
 
 
 def _claims(payload_part: str) -> dict[str, Any]:
+    """The payload's claims: JSON that can be stored (`untrusted.check`)."""
     try:
-        claims = json.loads(_b64decode(payload_part))
+        claims = untrusted.loads(_b64decode(payload_part))
     except (binascii.Error, ValueError) as exc:
         raise TokenError("malformed_token",
                             "the instance token's payload is not base64url JSON") from exc
     if not isinstance(claims, dict):
         raise TokenError("malformed_token", "the instance token's payload is not an object")
+    try:
+        untrusted.check(claims)
+    except untrusted.Refused as exc:
+        raise TokenError("malformed_token",
+                         f"the instance token's payload cannot be accepted: {exc}") from exc
     return claims
 
 
@@ -118,7 +125,10 @@ def _sign_date(value: object) -> dt.datetime:
     if moment is None:
         raise TokenError("malformed_token",
                             "the instance token has no valid signDate (ISO 8601 time)")
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    try:
+        return untrusted.utc(moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment)
+    except untrusted.Refused as exc:
+        raise TokenError("malformed_token", f"the instance token's signDate: {exc}") from exc
 
 
 def _optional(claims: dict[str, Any], name: str) -> str | None:

@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from creditsync import config, inbox
+from creditsync_api import untrusted
 
 ALGORITHM = "RS256"
 LEEWAY = dt.timedelta(seconds=60)
 MAX_ID = 100
 MAX_EVENT_TYPE = 64
 MAX_PRODUCT = 200
-
 
 
 class RejectedError(Exception):
@@ -72,85 +72,122 @@ def verify(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> dict[str, Any
     The segments are checked against the base64url alphabet by one regular expression and
     decoded by the standard library; the signature is checked by PyJWT's RS256 (PyJWT's
     own decoder checks the alphabet a character at a time, a third of this endpoint's CPU).
+    What is accepted is exactly what `jwt.decode(token, key, algorithms=["RS256"],
+    leeway=LEEWAY)` accepts at `now` (tests/api/test_jwt_equivalence.py proves it); PyJWT
+    itself cannot be used, as it takes the wall clock instead of the request's.
     """
     if not _SHAPE.match(token):
         raise MalformedError(
             "the body is not a JWT: the marketplace posts the signed event as the raw body")
     head, body, signature = token.split(".")
     try:
-        header = json.loads(_b64decode(head))
+        header = untrusted.loads(_b64decode(head))
         if not isinstance(header, dict):
             raise ValueError("not an object")
         raw_signature = _b64decode(signature)
     except ValueError as exc:  # binascii.Error and JSON errors are ValueErrors
         raise RejectedError("bad_signature",
                             f"the JWT cannot be decoded, so it cannot be verified: {exc}") from exc
-    if header.get("alg") != ALGORITHM or "crit" in header:
+    if header.get("alg") != ALGORITHM:
         raise RejectedError("wrong_algorithm",
                             f"the JWT is signed with {header.get('alg')!r}; only {ALGORITHM} "
                             "with the marketplace's key is accepted")
+    _check_header(header)
     if not _RS256.verify(f"{head}.{body}".encode("ascii"), key, raw_signature):
         raise RejectedError("bad_signature",
                             "the JWT's signature does not match CREDITSYNC_WIX_PUBLIC_KEY: it "
                             "was forged, altered, or signed for another app")
     # signed by the marketplace from here on: what is wrong inside is malformed, not forged
     try:
-        claims = json.loads(_b64decode(body))
+        claims = untrusted.loads(_b64decode(body))
     except ValueError as exc:
-        raise MalformedError("the JWT's payload is not JSON") from exc
+        raise MalformedError(f"the JWT's payload cannot be read: {exc}") from exc
     if not isinstance(claims, dict):
         raise MalformedError("the JWT's payload is not a JSON object")
-    stamp = now.timestamp()
-    exp, iat, nbf = (_numeric(claims, name) for name in ("exp", "iat", "nbf"))
-    skew = LEEWAY.total_seconds()
-    if exp is not None and stamp >= exp + skew:
-        raise RejectedError("token_expired",
-                            f"the JWT expired at {_iso(exp)}; the marketplace retries with a "
-                            "fresh one")
-    for name, value in (("iat", iat), ("nbf", nbf)):
-        if value is not None and value > stamp + skew:
+    _check_times(claims, now.timestamp(), LEEWAY.total_seconds())
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise MalformedError(f"the JWT claim {name} must be a string")
+    if claims.get("aud"):
+        raise RejectedError("wrong_audience",
+                            "the JWT names an audience (aud); the marketplace's webhooks do not")
+    return claims
+
+
+def _check_header(header: Mapping[str, Any]) -> None:
+    """PyJWT's header rules: `kid` is text; `crit` lists only `b64`, which must not be off."""
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise RejectedError("bad_header", "the JWT header's kid must be a string")
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit or any(ext != "b64" for ext in crit):
+            raise RejectedError("bad_header",
+                                f"the JWT header is critical for {crit!r}: unsupported")
+    if header.get("b64", True) is False:
+        raise RejectedError("bad_header", "the JWT has a detached payload (b64: false)")
+
+
+def _check_times(claims: Mapping[str, Any], stamp: float, skew: float) -> None:
+    """PyJWT's rules: a present iat, nbf or exp is read with `int()`, then compared."""
+    for name in ("iat", "nbf"):
+        if name in claims and (value := _integer(claims, name)) > stamp + skew:
             raise RejectedError("token_not_yet_valid",
                                 f"the JWT's {name} {_iso(value)} is in the future: check "
                                 "this server's clock")
-    return claims
+    if "exp" in claims and (exp := _integer(claims, "exp")) <= stamp - skew:
+        raise RejectedError("token_expired",
+                            f"the JWT expired at {_iso(exp)}; the marketplace retries with a "
+                            "fresh one")
 
 
 def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def _numeric(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MalformedError(f"the JWT claim {name} must be a number of seconds since the epoch")
-    return float(value)
+def _integer(claims: Mapping[str, Any], name: str) -> int:
+    try:
+        return int(claims[name])
+    except (ValueError, TypeError, OverflowError) as exc:  # NaN, infinities, non-numbers
+        raise MalformedError(f"the JWT claim {name} must be a number of seconds since the "
+                             "epoch") from exc
 
 
-def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+def _iso(seconds: int) -> str:
+    try:
+        return untrusted.from_timestamp(seconds).isoformat()
+    except untrusted.Refused:
+        text = str(seconds)
+        return f"{text if len(text) <= 20 else text[:20] + '...'} seconds since the epoch"
 
 
 def decode_event(claims: Mapping[str, Any]) -> inbox.Incoming:
-    """The inbox event a verified JWT carries; raises `MalformedError`."""
+    """The inbox event a verified JWT carries; raises `MalformedError`.
+
+    Everything in it must be storable (`untrusted.check`): text that is UTF-8 without NUL,
+    finite numbers, little nesting, times between `untrusted.EARLIEST` and `LATEST`.
+    """
+    _storable(claims, "the JWT's claims")
     envelope = _json_object(claims.get("data"), "the JWT claim `data`")
     event_type = _text(envelope, "eventType", MAX_EVENT_TYPE, "`data`")
     instance_id = _text(envelope, "instanceId", MAX_ID, "`data`")
     fields = _json_object(envelope.get("data", {}), "`data.data`")
     product = fields.get("vendorProductId")
-    if product is not None and (not isinstance(product, str) or len(product) > MAX_PRODUCT
-                                or "\x00" in product):
+    if product is not None and (not isinstance(product, str) or len(product) > MAX_PRODUCT):
         raise MalformedError(
             f"vendorProductId must be a string of at most {MAX_PRODUCT} characters")
     when = _time(fields, "operationTimeStamp")
     if when is None:
         # install/remove events carry no operationTimeStamp: the signing time orders them
-        iat = _numeric(claims, "iat")
+        iat = claims.get("iat")
         if iat is None:
             raise MalformedError(f"{event_type} has neither operationTimeStamp nor the JWT's iat: "
-                            "its time is unknown")
-        when = dt.datetime.fromtimestamp(iat, dt.UTC)
+                                 "its time is unknown")
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise MalformedError("the JWT claim iat must be a number of seconds since the epoch")
+        try:
+            when = untrusted.from_timestamp(iat)
+        except untrusted.Refused as exc:
+            raise MalformedError(f"the JWT claim iat: {exc}") from exc
     return inbox.Incoming(
         instance_id=instance_id, event_type=event_type, operation_time=when,
         product_id=product or None, expires_at=_time(fields, "expiresOn"),
@@ -162,12 +199,20 @@ def parse(token: str, key: rsa.RSAPublicKey, now: dt.datetime) -> inbox.Incoming
     return decode_event(verify(token, key, now))
 
 
+def _storable(value: object, what: str) -> None:
+    try:
+        untrusted.check(value)
+    except untrusted.Refused as exc:
+        raise MalformedError(f"{what} cannot be stored: {exc}") from exc
+
+
 def _json_object(value: object, what: str) -> dict[str, Any]:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise MalformedError(f"{what} is not valid JSON") from exc
+            value = untrusted.loads(value)
+        except untrusted.Refused as exc:
+            raise MalformedError(f"{what} is not valid JSON: {exc}") from exc
+        _storable(value, what)
     if not isinstance(value, dict):
         raise MalformedError(f"{what} must be a JSON object (or a string holding one)")
     return value
@@ -175,10 +220,9 @@ def _json_object(value: object, what: str) -> dict[str, Any]:
 
 def _text(obj: Mapping[str, Any], name: str, limit: int, where: str) -> str:
     value = obj.get(name)
-    if (not isinstance(value, str) or not value.strip() or len(value) > limit
-            or "\x00" in value):
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise MalformedError(f"{where} needs {name}: a non-empty string of at most {limit} "
-                        "characters")
+                             "characters")
     return value
 
 
@@ -192,8 +236,11 @@ def _time(fields: Mapping[str, Any], name: str) -> dt.datetime | None:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise MalformedError(f"{name} must be an ISO 8601 time with a zone, e.g. "
-                        f"2026-01-10T12:00:00.000Z; got {value!r}")
-    return moment.astimezone(dt.UTC)
+                             f"2026-01-10T12:00:00.000Z; got {value!r}")
+    try:
+        return untrusted.utc(moment)
+    except untrusted.Refused as exc:
+        raise MalformedError(f"{name}: {exc}") from exc
 
 
 def sign_event(

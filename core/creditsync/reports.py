@@ -207,7 +207,10 @@ def _split_webhook_key(key: str) -> tuple[dt.datetime, str]:
     moment = dt.datetime.fromisoformat(received)
     if moment.tzinfo is None:
         raise ValueError("not a webhook page key")
-    return moment, event_id
+    try:  # as the database compares it; year 1 at +14:00 has no UTC time
+        return moment.astimezone(dt.UTC), event_id
+    except OverflowError as exc:
+        raise ValueError("not a webhook page key") from exc
 
 
 def stats(engine: Engine, *, now: dt.datetime, days: int = 30) -> Stats:
