@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from creditsync import config, inbox_pg, policy
 from creditsync.storage import database, schema
-from creditsync_api import deps, errors, metrics, wix
+from creditsync_api import deps, errors, limits, metrics, wix
 from creditsync_api.routes import admin, billing, credits, health, pages, plans, provision, webhooks
 
 POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
@@ -87,6 +87,13 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    assert settings.admin_token is not None
+    # the last added runs first: sizes, then the admin token, then FastAPI reads the body
+    app.add_middleware(limits.AdminGate, token=settings.admin_token,
+                       on_failure=lambda reason: state.metrics.admin_auth_failures.labels(
+                           reason).inc())
+    app.add_middleware(limits.BodyLimit, default=limits.DEFAULT_MAX_BODY,
+                       limits={webhooks.PATH: webhooks.MAX_BODY})
     return app
 
 

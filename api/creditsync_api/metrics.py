@@ -52,6 +52,9 @@ class Metrics:
         self.token_failures = Counter(
             "creditsync_instance_token_failures", "Instance tokens refused, by reason.",
             ["reason"], registry=r)
+        self.admin_auth_failures = Counter(
+            "creditsync_admin_auth_failures", "Admin API requests refused with 401, by reason "
+            "(missing_admin_token, bad_admin_token).", ["reason"], registry=r)
         r.register(_DatabaseGauges(engine))
 
     def webhook(self, event_type: str, outcome: str) -> None:

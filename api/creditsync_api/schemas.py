@@ -227,7 +227,9 @@ class ConsumeRequest(ApiModel):
     """Charge credits once per idempotency key (plan credits first, then bonus)."""
 
     model_config = _config({"amount": 10, "idempotencyKey": "render-7f3a"}, forbid=True)
-    amount: int = Field(gt=0, le=1_000_000_000, description="Credits to charge.")
+    # strict: "3", true and 2.0 are refused, not charged as 3, 1 and 2
+    amount: int = Field(gt=0, le=1_000_000_000, strict=True,
+                        description="Credits to charge (a JSON integer).")
     idempotency_key: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description=(
         "Unique per logical request: a retry with the same key is charged once and gets "
         "the first answer back."))
