@@ -6,6 +6,7 @@ which fails closed with a message naming the variable to set.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -15,6 +16,13 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///./creditsync.db"
 USAGE_POLICIES = ("Reset", "Preserve")
+MIN_ADMIN_TOKEN = 16  # characters; `openssl rand -hex 32` makes 64
+# shown as '***' by `Settings.__repr__`: secrets (and any field named like one added later),
+# and URLs that carry credentials
+_HIDDEN = frozenset({"wix_public_key", "app_secret", "admin_token", "alert_webhook_url",
+                     "alert_smtp_url"})
+_HIDDEN_SUFFIXES = ("_secret", "_token", "_key", "_password")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 class ConfigError(ValueError):
@@ -71,6 +79,25 @@ class Settings:
                 "missing secret(s): set " + ", ".join(missing)
                 + " (for a local try, `creditsync run --dev` makes development keys)"
             )
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise ConfigError(
+                f"CREDITSYNC_ADMIN_TOKEN is {len(self.admin_token)} characters long; use at "
+                f"least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)"
+            )
+
+    def __repr__(self) -> str:
+        """Every field, with secrets as '***' and the database URL's password hidden."""
+        shown = []
+        for name in (f.name for f in dataclasses.fields(self)):
+            value = getattr(self, name)
+            if value is not None and (name in _HIDDEN or name.endswith(_HIDDEN_SUFFIXES)):
+                value = "***"
+            elif name == "database_url":
+                value = _URL_PASSWORD.sub(r"\1***@", value)
+            elif name == "extra":
+                value = sorted(value)  # the names only
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 def _read_key(env: Mapping[str, str]) -> str | None:

@@ -86,7 +86,7 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     """Standalone: the API plus the convergence and retry loop (once at start-up, then
     every CREDITSYNC_SYNC_INTERVAL; due inbox retries every few seconds)."""
     if dev:
-        serve.use_dev_keys(ctx)
+        serve.use_dev_keys(ctx, host)
     if not no_api:
         serve.require_secrets(ctx)
     prepare_standalone(ctx)

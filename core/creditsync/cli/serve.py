@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import click
@@ -20,14 +22,55 @@ if TYPE_CHECKING:
 log = logging.getLogger("creditsync.cli")
 
 
-def use_dev_keys(ctx: Context) -> None:
-    """Create the local development keys if missing and make them this process's secrets."""
+def use_dev_keys(ctx: Context, host: str) -> None:
+    """Create the local development keys if missing and make them this process's secrets.
+
+    Anyone who can read ./.creditsync-dev can sign webhooks and tokens for this server, so
+    it only listens on a loopback address."""
     from creditsync_api import devkeys
+
+    if not is_loopback(host):
+        raise click.UsageError(
+            f"--dev serves with development keys that anyone who reads ./.creditsync-dev can "
+            f"sign with, so it listens only on a loopback address (127.0.0.1, ::1, "
+            f"localhost), not --host {host or repr(host)}; to serve other machines, set real "
+            "secrets (CREDITSYNC_WIX_PUBLIC_KEY, CREDITSYNC_APP_SECRET, "
+            "CREDITSYNC_ADMIN_TOKEN) and drop --dev")
 
     keys, created = devkeys.ensure(devkeys.DEFAULT_DIR)
     ctx.settings = keys.apply(ctx.settings)
     log.warning("%s development keys in %s: never use them in production",
                 "created" if created else "using", keys.directory.resolve())
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve to anything
+        return False
+
+
+class RedactInstanceTokens(logging.Filter):
+    """Access log lines without the `?instance=` token (it is a credential for a day)."""
+
+    TOKEN = re.compile(r"([?&]instance=)[^&#\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.TOKEN.sub(r"\1[redacted]", arg) if isinstance(arg, str)
+                                else arg for arg in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.TOKEN.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install `RedactInstanceTokens` on uvicorn's access logger (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactInstanceTokens) for f in access.filters):
+        access.addFilter(RedactInstanceTokens())
 
 
 def require_secrets(ctx: Context) -> None:
@@ -50,6 +93,7 @@ def serve(app: FastAPI, host: str, port: int, access_log: bool) -> None:
     """Run uvicorn until SIGINT/SIGTERM; a failed start-up (e.g. the schema) exits 3."""
     import uvicorn
 
+    redact_access_log()
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_config=None, access_log=access_log, lifespan="on",
         server_header=False, timeout_graceful_shutdown=10))
