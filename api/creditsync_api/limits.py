@@ -40,13 +40,17 @@ def _too_large(limit: int) -> str:
 
 
 class BodyLimit:
-    """At most `limits[path]` (else `default`) bytes of body per request."""
+    """At most `limits[path]` (else `default`) bytes of body per request.
+
+    `on_refused(path)` is called for each 413 (the metrics count the webhook's)."""
 
     def __init__(self, app: ASGIApp, *, default: int = DEFAULT_MAX_BODY,
-                 limits: Mapping[str, int] | None = None) -> None:
+                 limits: Mapping[str, int] | None = None,
+                 on_refused: Callable[[str], None] = lambda _path: None) -> None:
         self.app = app
         self.default = default
         self.limits = dict(limits or {})
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +59,7 @@ class BodyLimit:
         limit = self.limits.get(scope["path"], self.default)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            self.on_refused(scope["path"])
             await errors.respond(413, "payload_too_large", _too_large(limit))(
                 scope, receive, send)
             return
@@ -67,6 +72,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    self.on_refused(scope["path"])
                     raise BodyTooLarge(limit)  # FastAPI and the routes pass it on as a 413
             return message
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -93,8 +93,15 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
                        on_failure=lambda reason: state.metrics.admin_auth_failures.labels(
                            reason).inc())
     app.add_middleware(limits.BodyLimit, default=limits.DEFAULT_MAX_BODY,
-                       limits={webhooks.PATH: webhooks.MAX_BODY})
+                       limits={webhooks.PATH: webhooks.MAX_BODY}, on_refused=_count_refusal(state))
     return app
+
+
+def _count_refusal(state: deps.State) -> Callable[[str], None]:
+    def count(path: str) -> None:
+        if path == webhooks.PATH:  # as the route counted its own size check
+            state.metrics.webhook("", "malformed")
+    return count
 
 
 def _version() -> str:

@@ -263,7 +263,13 @@ def test_bodies_over_the_limit_are_413(local_api: Api, path: str, size: int,
     response = local_api.http.post(path, content=content,
                                    headers={**local_api.admin, "Content-Type": "text/plain"})
 
-    assert _refused(response, 413)["error"] == "payload_too_large"
+    answer = _refused(response, 413)
+    assert answer == {"error": "payload_too_large",
+                      "message": f"the body has more than {size - 1} bytes, the most this "
+                                 "route accepts"}
+    if path == HOOK:
+        metrics = local_api.http.get("/metrics").text
+        assert 'creditsync_webhooks_total{event_type="other",outcome="malformed"} 1.0' in metrics
 
 
 def test_a_body_just_within_the_webhook_limit_is_read(local_api: Api) -> None:
