@@ -19,10 +19,9 @@ from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from creditsync import config, convergence, inbox_pg, policy
-from creditsync_api import errors, metrics, ratelimit, tokens
-
-SYNC_INTERVAL = dt.timedelta(seconds=5)
+from creditsync import config, convergence
+from creditsync.storage import inbox_pg
+from creditsync_api import errors, metrics, tokens
 
 Before = Annotated[int | None, Query(ge=1, le=2**63 - 1,
                                      description="`nextBefore` of the previous page.")]
@@ -33,11 +32,9 @@ class State:
     """What every request shares; the engine is set by the app's lifespan."""
 
     settings: config.Settings
-    pol: policy.Policy
     wix_key: rsa.RSAPublicKey
     metrics: metrics.Metrics
     pool_size: int
-    sync_limit: ratelimit.PerKey = field(default_factory=lambda: ratelimit.PerKey(SYNC_INTERVAL))
     engine: Engine | None = None
     db_threads: anyio.CapacityLimiter | None = None
     pg_pool: inbox_pg.Pool | None = None  # the webhook's async path, on PostgreSQL
@@ -68,13 +65,6 @@ async def get_engine(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
-
-
-async def get_policy(request: Request) -> policy.Policy:
-    return state_of(request).pol
-
-
-PolicyDep = Annotated[policy.Policy, Depends(get_policy)]
 
 
 async def get_metrics(request: Request) -> metrics.Metrics:

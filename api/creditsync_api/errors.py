@@ -1,6 +1,7 @@
 """One error shape everywhere: `{"error": "<code>", "message": "<what is wrong and what to do>"}`.
 
-Routes raise `ApiError`; the handlers installed here turn it, FastAPI's validation errors,
+Routes raise `ApiError`; the handlers installed here turn it, the core's errors (one
+hierarchy, `creditsync.errors`, mapped by kind in `from_core`), FastAPI's validation errors,
 Starlette's 404/405, an unreachable database (503 with `Retry-After`) and anything
 unexpected (500) into that shape. `responses()` documents the same shape in the OpenAPI.
 """
@@ -19,8 +20,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from creditsync import instances, plans
-from creditsync.storage import database, schema
+from creditsync import errors as core_errors
+from creditsync.storage import database
 from creditsync_api import schemas
 
 log = logging.getLogger("creditsync.api")
@@ -84,13 +85,20 @@ def respond(
                         headers=dict(headers or {}))
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached (as opposed to a bug or a constraint violation)."""
-    if isinstance(exc, database.DatabaseUnavailable | sa_exc.OperationalError
-                  | sa_exc.InterfaceError | sa_exc.TimeoutError | psycopg.OperationalError
-                  | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+is_unavailable = database.is_unavailable
+
+# The HTTP status of each kind of core error (the most specific class listed wins); the
+# code and message come from the error itself.
+_CORE_STATUS: tuple[tuple[type[core_errors.CreditsyncError], int], ...] = (
+    (core_errors.InvalidRequest, 400),
+    (core_errors.InsufficientCredits, 402),
+    (core_errors.NotFound, 404),
+    (core_errors.Conflict, 409),
+    (core_errors.RateLimited, 429),
+    (core_errors.Unavailable, 503),
+    (core_errors.CatalogError, 503),  # an empty or broken catalog: an operator must fix it
+    (core_errors.ConfigError, 503),
+)
 
 
 def unavailable_error() -> ApiError:
@@ -145,16 +153,29 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     return await _unexpected(_request, exc)
 
 
-async def _schema_outdated(_request: Request, exc: Exception) -> JSONResponse:
-    return respond(503, "schema_outdated", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+def from_core(exc: core_errors.CreditsyncError) -> ApiError:
+    """The answer to a core error: its status by kind, its own code and message."""
+    if isinstance(exc, core_errors.DatabaseUnavailable):
+        return unavailable_error()
+    status = next((code for kind, code in _CORE_STATUS if isinstance(exc, kind)), 500)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, core_errors.RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    if isinstance(exc, core_errors.InsufficientCredits):
+        extra = {"creditsRemaining": exc.remaining, "requested": exc.requested}
+    elif isinstance(exc, core_errors.IdempotencyConflict):
+        extra = {"firstAmount": exc.first_amount, "amount": exc.amount}
+    return ApiError(status, exc.code, exc.message, headers=headers, extra=extra)
 
 
-async def _catalog_error(_request: Request, exc: Exception) -> JSONResponse:
-    return respond(503, "catalog_unavailable", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
-
-
-async def _unknown_instance(_request: Request, exc: Exception) -> JSONResponse:
-    return respond(404, "instance_not_found", str(exc))
+async def _core_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, core_errors.CreditsyncError)
+    if isinstance(exc, core_errors.DatabaseUnavailable):
+        return await _database_error(request, exc)
+    return await _api_error(request, from_core(exc))
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -169,12 +190,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error)
-    app.add_exception_handler(database.DatabaseUnavailable, _database_error)
     app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(psycopg_pool.PoolTimeout, _database_error)
-    app.add_exception_handler(schema.SchemaOutdated, _schema_outdated)
-    app.add_exception_handler(plans.CatalogError, _catalog_error)
-    app.add_exception_handler(instances.UnknownInstance, _unknown_instance)
+    app.add_exception_handler(core_errors.CreditsyncError, _core_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -16,8 +16,8 @@ import anyio
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from creditsync import config, inbox_pg, policy
-from creditsync.storage import database, schema
+from creditsync import config
+from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import deps, errors, limits, metrics, wix
 from creditsync_api.routes import admin, billing, credits, health, pages, plans, provision, webhooks
 
@@ -54,7 +54,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
     settings.require_secrets()
     assert settings.wix_public_key is not None
     state = deps.State(
-        settings=settings, pol=policy.from_settings(settings),
+        settings=settings,
         wix_key=wix.load_public_key(settings.wix_public_key),
         metrics=metrics.Metrics(lambda: deps.require_engine(state)), pool_size=POOL_SIZE)
 

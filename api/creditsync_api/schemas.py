@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
-from creditsync import convergence, instances, manual, policy, reports, usage
+from creditsync import config, convergence, instances, manual, policy, policy_store, reports, usage
 
 WebhookStatus = Literal[
     "applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending"]
@@ -474,3 +474,28 @@ class Stats(ApiModel):
             credits_used_by_plan_per_day=[
                 PlanCreditsOnDay(day=d.day, plan=d.plan, credits=d.credits)
                 for d in stats.credits_used_by_plan_per_day])
+
+
+class Policy(ApiModel):
+    """The transition policy every process converges with, and where it came from."""
+
+    model_config = _example(usageOnPlanChange="Preserve", expiryGracePeriod="1d",
+                            expiryGracePeriodSeconds=86400,
+                            source="CreditSync creditsync/creditsync", updatedAt=_T0)
+    usage_on_plan_change: Literal["Reset", "Preserve"] = Field(
+        description="What a purchase or plan change does to the period's usage.")
+    expiry_grace_period: str = Field(description="How long a cancelled plan outlives its "
+                                                 "expiry, as a duration (`0s`, `1d`).")
+    expiry_grace_period_seconds: int
+    source: str = Field(description="Who wrote it: a `CreditSync` (namespace/name), the "
+                                    "environment of `creditsync run`, or the built-in "
+                                    "defaults.")
+    updated_at: dt.datetime | None
+
+    @classmethod
+    def from_core(cls, found: policy_store.Effective) -> Self:
+        return cls(
+            usage_on_plan_change=found.policy.usage_on_plan_change,
+            expiry_grace_period=config.format_duration(found.policy.expiry_grace_period),
+            expiry_grace_period_seconds=int(found.policy.expiry_grace_period.total_seconds()),
+            source=found.source, updated_at=found.updated_at)

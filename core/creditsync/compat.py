@@ -10,7 +10,7 @@ import datetime as dt
 
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, convergence, policy, subscriptions
+from creditsync import catalog, convergence, errors, policy, subscriptions
 from creditsync.storage import database
 
 
@@ -35,14 +35,14 @@ def update_instance_plan(
 
     Returns `applied`, or `stale` when a newer event was already accepted.
     """
-    pol = pol or policy.Policy()
     now = convergence.utcnow()
     with database.write(engine) as conn:
+        database.lock_instance(conn, instance_id)
         cat = catalog.load(conn)
         plan = cat.resolve(plan_id)
         if plan is None:
-            raise LookupError(f"unknown plan {plan_id}: known plans are "
-                              + ", ".join(p.id for p in cat.plans))
+            raise errors.NotFound(f"unknown plan {plan_id}: known plans are "
+                                  + ", ".join(p.id for p in cat.plans))
         event = subscriptions.BillingEvent(instance_id, "PaidPlanChanged", event_time, plan.id)
         outcome = subscriptions.accept(conn, event, cat.default.id, now)
         if outcome == "applied":

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from creditsync import errors
+
 DEFAULT_DATABASE_URL = "sqlite:///./creditsync.db"
 USAGE_POLICIES = ("Reset", "Preserve")
 MIN_ADMIN_TOKEN = 16  # characters; `openssl rand -hex 32` makes 64
@@ -25,8 +27,7 @@ _HIDDEN_SUFFIXES = ("_secret", "_token", "_key", "_password")
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message says which and what to do."""
+ConfigError = errors.ConfigError
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -42,6 +43,19 @@ def parse_duration(text: str) -> dt.timedelta:
         raise ConfigError(f"{text!r} is not a duration: use e.g. 60s, 5m, 6h, 1h30m or 2d")
     days, hours, minutes, seconds = (int(part) if part else 0 for part in match.groups())
     return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def format_duration(delta: dt.timedelta) -> str:
+    """`delta` as `parse_duration` reads it: `0s`, `90s` → `1m30s`, `1h30m`, `2d`."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from creditsync import catalog, plans, policy
+from creditsync import catalog, ledger, plans, policy, policy_store
 from creditsync.storage import database, models
 
 log = logging.getLogger("creditsync.convergence")
@@ -221,7 +221,7 @@ def scan(
 ) -> Iterator[Drift]:
     """Yield every drifted instance with desired vs actual; writes nothing."""
     now = now or utcnow()
-    pol = pol or policy.Policy()
+    pol = policy_store.resolve(engine, pol)
     for chunk in _id_chunks(instance_ids, batch_size):
         after: str | None = None
         while True:
@@ -235,9 +235,11 @@ def scan(
 
 
 def drifted_in(
-    conn: Connection, instance_ids: Sequence[str], *, now: dt.datetime, pol: policy.Policy
+    conn: Connection, instance_ids: Sequence[str], *, now: dt.datetime,
+    pol: policy.Policy | None = None,
 ) -> list[Drift]:
     """The drift of a few instances, read inside the caller's transaction."""
+    pol = pol if pol is not None else policy_store.load(conn)
     rows = _drifted_batch(conn, catalog.load(conn), now, pol, instance_ids, None,
                           max(len(instance_ids), 1))
     return [_drift(row, now, pol) for row in rows]
@@ -285,7 +287,7 @@ def converge(
     Idempotent: a second call right after changes nothing. A dry run writes nothing.
     """
     now = now or utcnow()
-    pol = pol or policy.Policy()
+    pol = policy_store.resolve(engine, pol)  # read once per run, as the catalog per batch
     started = time.perf_counter()
     summary = Summary(str(uuid.uuid4()), trigger, dry_run, now)
     correlation = correlation_id or summary.run_id
@@ -371,7 +373,7 @@ def _converge_batch(
             summary.repaired += 1
             if len(summary.changes) < KEEP_CHANGES:
                 summary.changes.append(change)
-            _log_change(change, summary.dry_run)
+            log_change(change, summary.dry_run)
     return rows, changes, applied
 
 
@@ -383,7 +385,7 @@ def converge_in(
     actor: policy.Actor,
     correlation_id: str,
     now: dt.datetime,
-    pol: policy.Policy,
+    pol: policy.Policy | None = None,
     dry_run: bool = False,
 ) -> Summary:
     """Converge a few instances inside the caller's transaction (webhooks, provisioning).
@@ -391,6 +393,7 @@ def converge_in(
     No sync-run row: the caller's event (webhook, install, usage) is the correlation.
     A write that loses a race with concurrent usage is re-read and retried at once.
     """
+    pol = pol if pol is not None else policy_store.load(conn)
     summary = Summary(correlation_id, trigger, dry_run, now)
     pending: Sequence[str] = sorted(set(instance_ids))
     summary.scanned = len(pending)
@@ -438,33 +441,9 @@ def _apply(
     return _apply_postgres(conn, changes, versions, now, actor, correlation)
 
 
-def ledger_row(
-    instance_id: str, step: policy.Step, now: dt.datetime, actor: str, correlation: str | None
-) -> dict[str, object]:
-    """The ledger row that records `step`."""
-    return {
-        "instance_id": instance_id, "at": now, "kind": step.kind, "actor": actor,
-        "correlation_id": correlation, "plan_before": step.before.plan_id,
-        "plan_after": step.after.plan_id,
-        "credits_total_before": step.before.credits_total,
-        "credits_total_after": step.after.credits_total,
-        "credits_used_before": step.before.credits_used,
-        "credits_used_after": step.after.credits_used,
-        "bonus_before": step.before.bonus_credits, "bonus_after": step.after.bonus_credits,
-        "reason": step.reason,
-    }
-
-
-# Numbers field -> instances column, for the fields convergence may change
-_COLUMNS = {"plan_id": "plan_id", "credits_total": "credits_total",
-            "credits_used": "credits_used_month", "period_start": "period_start",
-            "period_end": "period_end", "applied_rev": "applied_rev"}
-_SQLITE_LEDGER = """
-INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
-    credits_total_before, credits_total_after, credits_used_before, credits_used_after,
-    bonus_before, bonus_after, reason)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+_COLUMNS = models.NUMBER_COLUMNS
+_SQLITE_LEDGER = (f"INSERT INTO ledger ({', '.join(ledger.COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in ledger.COLUMNS)})")
 
 
 def _sqlite_value(value: object) -> object:
@@ -497,10 +476,8 @@ def _apply_sqlite(
         if cursor.rowcount != len(group):
             raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
     raw.executemany(_SQLITE_LEDGER, [
-        (c.instance_id, stamp, step.kind, actor, correlation, step.before.plan_id,
-         step.after.plan_id, step.before.credits_total, step.after.credits_total,
-         step.before.credits_used, step.after.credits_used, step.before.bonus_credits,
-         step.after.bonus_credits, step.reason)
+        tuple(_sqlite_value(v) for v in ledger.row_values(ledger.step_entry(
+            c.instance_id, step, at=now, actor=actor, correlation_id=correlation)))
         for c in changes for step in c.steps
     ])
     return {c.instance_id for c in changes}
@@ -590,7 +567,7 @@ def _finish(engine: Engine, summary: Summary, error: str | None = None) -> None:
         ))
 
 
-def _log_change(change: Change, dry_run: bool) -> None:
+def log_change(change: Change, dry_run: bool) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     before, after = change.before, change.after

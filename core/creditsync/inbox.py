@@ -2,7 +2,10 @@
 
 `store()` commits the event before the caller acknowledges it, deduplicated on its
 business identity (instance, event type, operationTimeStamp, product). `process()`
-applies it: the subscription changes and the instance converges in one transaction.
+applies it in one transaction holding the instance's lock: it reads the subscription,
+the instance, the catalog and the policy, asks `decision.decide()` what the event does,
+and writes that (`write_decision`). The async path on PostgreSQL (`storage.inbox_pg`)
+reads and writes the same rows its own way around the same `decide()`.
 A failure leaves the event `pending` with a backoff; after `MAX_ATTEMPTS` it is `failed`.
 An unknown product id is `quarantined` until the catalog can resolve it.
 """
@@ -20,16 +23,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from creditsync import catalog, convergence, instances, policy, subscriptions
+from creditsync import (
+    catalog,
+    convergence,
+    decision,
+    errors,
+    instances,
+    ledger,
+    policy,
+    policy_store,
+    subscriptions,
+)
 from creditsync.storage import database, models
 
 log = logging.getLogger("creditsync.inbox")
 _e = models.WEBHOOK_EVENTS
 _i = models.INSTANCES
+_ledger = models.LEDGER
 
 MAX_ATTEMPTS = 8
 STATUSES = ("applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending")
 REPLAYABLE = frozenset({"failed", "quarantined", "pending", "ignored"})
+APPLICABLE = frozenset({"pending", "quarantined"})
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,7 @@ class Receipt:
     status: str
 
 
-class NotReplayable(ValueError):
-    """Replaying an applied event would apply it twice."""
+NotReplayable = errors.NotReplayable
 
 
 def dedupe_key(event: Incoming) -> str:
@@ -59,6 +73,11 @@ def dedupe_key(event: Incoming) -> str:
                          event.operation_time.astimezone(dt.UTC).isoformat(),
                          event.product_id or ""))
     return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def first_status(event: Incoming) -> str:
+    """`pending` until applied; `ignored` at once for an event type nobody acts on."""
+    return "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
 
 
 def backoff(attempts: int) -> dt.timedelta:
@@ -69,7 +88,7 @@ def backoff(attempts: int) -> dt.timedelta:
 def store(engine: Engine, event: Incoming, now: dt.datetime) -> Receipt:
     """Commit the event to the inbox (or find its duplicate) before it is acknowledged."""
     key = dedupe_key(event)
-    status = "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
+    status = first_status(event)
     event_id = str(uuid.uuid4())
     try:
         with database.write(engine) as conn:
@@ -79,7 +98,8 @@ def store(engine: Engine, event: Incoming, now: dt.datetime) -> Receipt:
             conn.execute(_e.insert().values(
                 id=event_id, dedupe_key=key, instance_id=event.instance_id,
                 event_type=event.event_type, product_id=event.product_id,
-                operation_time=event.operation_time, received_at=now, payload=event.payload,
+                operation_time=event.operation_time, expires_at=event.expires_at,
+                received_at=now, payload=event.payload,
                 status=status, attempts=0, next_attempt_at=now))
     except IntegrityError:  # the same event raced in on another connection
         with database.read(engine) as conn:
@@ -88,7 +108,9 @@ def store(engine: Engine, event: Incoming, now: dt.datetime) -> Receipt:
     return Receipt(event_id, status)
 
 
-def ingest(engine: Engine, event: Incoming, *, now: dt.datetime, pol: policy.Policy) -> Receipt:
+def ingest(
+    engine: Engine, event: Incoming, *, now: dt.datetime, pol: policy.Policy | None = None
+) -> Receipt:
     """Store, then apply at once; a failed apply stays `pending` for the retry loop."""
     receipt = store(engine, event, now)
     if receipt.status != "pending":
@@ -96,49 +118,86 @@ def ingest(engine: Engine, event: Incoming, *, now: dt.datetime, pol: policy.Pol
     return Receipt(receipt.event_id, process(engine, receipt.event_id, now=now, pol=pol))
 
 
-def process(engine: Engine, event_id: str, *, now: dt.datetime, pol: policy.Policy) -> str:
-    """Apply one stored event; returns its status afterwards."""
+def process(
+    engine: Engine, event_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
+) -> str:
+    """Apply one stored event; returns its status afterwards.
+
+    `pol` None: the stored policy (`policy_store`), read in the same transaction.
+    """
     try:
         with database.write(engine) as conn:
+            instance_id = conn.execute(
+                sa.select(_e.c.instance_id).where(_e.c.id == event_id)).scalar()
+            if instance_id is None:
+                raise errors.NotFound(f"no webhook event {event_id}")
+            # the instance's lock before anything is read (the same order as the async path)
+            database.lock_instance(conn, instance_id)
             query = sa.select(_e).where(_e.c.id == event_id)
             if not database.is_sqlite(conn):
                 query = query.with_for_update()
             row = conn.execute(query).one()
-            if row.status not in ("pending", "quarantined"):
+            if row.status not in APPLICABLE:
                 return str(row.status)
-            status = _apply(conn, row, now, pol)
+            found = instances.read_numbers(conn, row.instance_id)
+            made = decision.decide(
+                decision.Event(row.instance_id, row.event_type, row.operation_time,
+                               row.product_id, row.expires_at),
+                subscriptions.get(conn, row.instance_id),
+                found[0] if found else None, catalog.load(conn), now,
+                pol if pol is not None else policy_store.load(conn))
+            status = write_decision(conn, row.instance_id, made, found[1] if found else None,
+                                    now=now, actor="webhook", correlation_id=event_id)
             conn.execute(_e.update().where(_e.c.id == event_id).values(
                 status=status, attempts=_e.c.attempts + 1, last_error=None,
                 next_attempt_at=None, applied_at=now if status == "applied" else None))
             return status
+    except errors.NotFound:
+        raise
     except Exception as exc:
         return _record_failure(engine, event_id, now, exc)
 
 
-def _apply(
-    conn: sa.Connection, row: sa.Row[Any], now: dt.datetime, pol: policy.Policy
+def write_decision(
+    conn: sa.Connection, instance_id: str, made: decision.Decision, version: int | None, *,
+    now: dt.datetime, actor: policy.Actor, correlation_id: str,
 ) -> str:
-    if row.event_type not in subscriptions.EVENT_TYPES:
-        return "ignored"
-    cat = catalog.load(conn)
-    plan_id: str | None = None
-    if row.event_type in subscriptions.PLAN_EVENTS:
-        plan = cat.resolve(row.product_id or "")
-        if plan is None:
-            return "quarantined"
-        plan_id = plan.id
-    if row.event_type in subscriptions.PROVISIONING:
-        instances.create_if_missing(conn, row.instance_id, now, "webhook", row.id)
-    expires = row.payload.get("expiresOn")
-    event = subscriptions.BillingEvent(
-        row.instance_id, row.event_type, row.operation_time, plan_id,
-        dt.datetime.fromisoformat(expires) if isinstance(expires, str) and expires else None)
-    outcome = subscriptions.accept(conn, event, cat.default.id, now)
-    exists = conn.execute(sa.select(_i.c.instance_id).where(_i.c.instance_id == row.instance_id))
-    if outcome == "applied" and exists.first() is not None:
-        convergence.converge_in(conn, [row.instance_id], trigger="webhook", actor="webhook",
-                                correlation_id=row.id, now=now, pol=pol)
-    return outcome
+    """Carry out `made` inside the caller's locked transaction; returns the final status.
+
+    The subscription is written first: when its guard refuses (a newer event is stored)
+    the event is `stale` and the instance is left as it was (a missing one still created).
+    """
+    status, steps = made.status, made.steps
+    if made.subscription is not None and not subscriptions.write(
+            conn, instance_id, made.subscription, now):
+        status, steps = "stale", ()
+    rows: list[dict[str, Any]] = []
+    if made.created is not None:
+        rows.append(ledger.provision_entry(instance_id, made.created, at=now, actor=actor,
+                                           correlation_id=correlation_id))
+    rows += [ledger.step_entry(instance_id, step, at=now, actor=actor,
+                               correlation_id=correlation_id) for step in steps]
+    final = steps[-1].after if steps else made.created
+    if made.created is not None:
+        assert final is not None
+        conn.execute(_i.insert().values(
+            instance_id=instance_id, **instances.number_columns(final), bonus_credits=0,
+            version=1 if steps else 0, created_at=now, updated_at=now, last_synced_at=now))
+    elif version is not None:
+        values: dict[str, Any] = {"last_synced_at": now}
+        if steps:
+            assert final is not None
+            values |= {**instances.number_columns(final), "version": version + 1,
+                       "updated_at": now}
+        written = conn.execute(_i.update().where(
+            _i.c.instance_id == instance_id, _i.c.version == version).values(**values))
+        if written.rowcount != 1:  # the lock makes this impossible; never write blind
+            raise RuntimeError(f"instance {instance_id} changed while it was locked")
+    if rows:
+        conn.execute(_ledger.insert(), rows)
+    if steps:
+        convergence.log_change(convergence.Change(instance_id, steps), dry_run=False)
+    return status
 
 
 def _record_failure(engine: Engine, event_id: str, now: dt.datetime, exc: Exception) -> str:
@@ -155,38 +214,53 @@ def _record_failure(engine: Engine, event_id: str, now: dt.datetime, exc: Except
                 next_attempt_at=None if status == "failed" else now + backoff(attempts)))
             return status
     except Exception:  # the database is gone: the event is stored, the loop retries it
-        log.exception("could not record the failure of webhook %s", event_id)
+        log.warning("could not record the failure of webhook %s; the retry loop will apply "
+                    "it", event_id, extra={"event_id": event_id})
         return "pending"
 
 
+def due(conn: sa.Connection, now: dt.datetime, limit: int) -> list[str]:
+    """Events the retry loop can apply now: due pending ones, resolvable quarantined ones.
+
+    Each kind is selected on its own, in SQL, so a backlog of one (e.g. thousands of
+    quarantined events for a product nobody added) never keeps the other waiting.
+    """
+    known = sorted({name for plan in catalog.read_plans(conn)
+                    for name in (plan.id, *plan.aliases)})
+    pending = conn.execute(
+        sa.select(_e.c.id, _e.c.operation_time)
+        .where(_e.c.status == "pending", _e.c.next_attempt_at <= now)
+        .order_by(_e.c.next_attempt_at).limit(limit)).all()
+    quarantined = conn.execute(
+        sa.select(_e.c.id, _e.c.operation_time)
+        .where(_e.c.status == "quarantined", _e.c.product_id.in_(known))
+        .order_by(_e.c.operation_time).limit(limit)).all() if known else []
+    # oldest first across both kinds, so an instance's events apply in their own order
+    return [row.id for row in sorted([*pending, *quarantined], key=lambda r: r.operation_time)]
+
+
 def retry_due(
-    engine: Engine, *, now: dt.datetime, pol: policy.Policy, limit: int = 500
+    engine: Engine, *, now: dt.datetime, pol: policy.Policy | None = None, limit: int = 500
 ) -> dict[str, int]:
     """Retry pending events whose backoff passed, and quarantined ones the catalog resolves."""
     with database.read(engine) as conn:
-        known = {name for plan in catalog.read_plans(conn) for name in (plan.id, *plan.aliases)}
-        due = conn.execute(
-            sa.select(_e.c.id, _e.c.status, _e.c.product_id)
-            .where(sa.or_(
-                sa.and_(_e.c.status == "pending", _e.c.next_attempt_at <= now),
-                _e.c.status == "quarantined"))
-            .order_by(_e.c.operation_time).limit(limit)
-        ).all()
+        ids = due(conn, now, limit)
     outcomes: dict[str, int] = {}
-    for row in due:
-        if row.status == "quarantined" and row.product_id not in known:
-            continue
-        status = process(engine, row.id, now=now, pol=pol)
+    for event_id in ids:
+        status = process(engine, event_id, now=now, pol=pol)
         outcomes[status] = outcomes.get(status, 0) + 1
     return outcomes
 
 
-def replay(engine: Engine, event_id: str, *, now: dt.datetime, pol: policy.Policy) -> str:
+def replay(
+    engine: Engine, event_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
+) -> str:
     """Apply a failed, quarantined, pending or ignored event again (admin action)."""
     with database.write(engine) as conn:
         row = conn.execute(sa.select(_e.c.status).where(_e.c.id == event_id)).first()
         if row is None:
-            raise LookupError(f"no webhook event {event_id}")
+            raise errors.NotFound(f"no webhook event {event_id}: list them with GET "
+                                  "/api/admin/webhooks", code="event_not_found")
         if row.status not in REPLAYABLE:
             raise NotReplayable(
                 f"event {event_id} is {row.status}; only failed, quarantined, pending or "

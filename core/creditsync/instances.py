@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, plans, policy
+from creditsync import catalog, convergence, decision, errors, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -21,14 +21,7 @@ _ledger = models.LEDGER
 _runs = models.SYNC_RUNS
 
 
-class UnknownInstance(LookupError):
-    """No instance with that id has been provisioned."""
-
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(
-            f"instance {instance_id} is not provisioned: call POST /api/provision first"
-        )
-        self.instance_id = instance_id
+UnknownInstance = errors.UnknownInstance
 
 
 @dataclass(frozen=True)
@@ -72,7 +65,7 @@ def remaining(credits_total: int, credits_used: int, bonus: int) -> int:
 
 
 def provision(
-    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy,
+    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None,
     actor: policy.Actor = "provision", correlation_id: str | None = None,
 ) -> convergence.Summary:
     """Create the instance if new (on the default plan), then converge it at once.
@@ -81,6 +74,7 @@ def provision(
     paid credits the moment it exists.
     """
     with database.write(engine) as conn:
+        database.lock_instance(conn, instance_id)
         create_if_missing(conn, instance_id, now, actor, correlation_id)
         return convergence.converge_in(
             conn, [instance_id], trigger="provision", actor=actor,
@@ -95,41 +89,43 @@ def create_if_missing(
     exists = conn.execute(sa.select(_i.c.instance_id).where(_i.c.instance_id == instance_id))
     if exists.first() is not None:
         return False
-    row, entry = new_instance(instance_id, catalog.load(conn).default, now, actor,
-                              correlation_id)
-    conn.execute(_i.insert().values(**row))
-    conn.execute(_ledger.insert().values(**entry))
+    numbers = decision.first_numbers(catalog.load(conn).default, now)
+    conn.execute(_i.insert().values(
+        instance_id=instance_id, **number_columns(numbers), bonus_credits=0, version=0,
+        created_at=now, updated_at=now, last_synced_at=now))
+    conn.execute(_ledger.insert().values(**ledger.provision_entry(
+        instance_id, numbers, at=now, actor=actor, correlation_id=correlation_id)))
     return True
 
 
-def new_instance(
-    instance_id: str, default: plans.Plan, now: dt.datetime, actor: str,
-    correlation_id: str | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The row of a new instance on the default plan, and its `provision` ledger row."""
-    start, end = policy.first_period(now)
-    row = {"instance_id": instance_id, "plan_id": default.id,
-           "credits_total": default.monthly_credits, "bonus_credits": 0,
-           "credits_used_month": 0, "period_start": start, "period_end": end,
-           "applied_rev": 0, "version": 0, "created_at": now, "updated_at": now,
-           "last_synced_at": now}
-    entry = {"instance_id": instance_id, "at": now, "kind": "provision", "actor": actor,
-             "correlation_id": correlation_id, "plan_before": None, "plan_after": default.id,
-             "credits_total_before": 0, "credits_total_after": default.monthly_credits,
-             "credits_used_before": 0, "credits_used_after": 0, "bonus_before": 0,
-             "bonus_after": 0, "reason": "new instance starts on the default plan"}
-    return row, entry
+def number_columns(numbers: policy.Numbers) -> dict[str, Any]:
+    """The instance columns that hold `numbers` (all but the bonus, which convergence
+    never changes)."""
+    return {column: getattr(numbers, name) for name, column in models.NUMBER_COLUMNS.items()}
+
+
+def read_numbers(conn: Connection, instance_id: str) -> tuple[policy.Numbers, int] | None:
+    """The instance's numbers and version, its row locked until commit (PostgreSQL)."""
+    query = sa.select(_i.c.plan_id, _i.c.credits_total, _i.c.credits_used_month,
+                      _i.c.bonus_credits, _i.c.period_start, _i.c.period_end,
+                      _i.c.applied_rev, _i.c.version).where(_i.c.instance_id == instance_id)
+    if not database.is_sqlite(conn):
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return policy.Numbers(*row[:7]), int(row.version)
 
 
 def credits(
-    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy
+    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
 ) -> Credits:
     with database.read(engine) as conn:
         return credits_in(conn, instance_id, now=now, pol=pol)
 
 
 def credits_in(
-    conn: Connection, instance_id: str, *, now: dt.datetime, pol: policy.Policy
+    conn: Connection, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
 ) -> Credits:
     row = conn.execute(sa.select(_i).where(_i.c.instance_id == instance_id)).first()
     if row is None:

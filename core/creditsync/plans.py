@@ -12,11 +12,12 @@ from typing import Any
 
 import yaml
 
+from creditsync import errors
+
 PLAN_KEYS = frozenset({"id", "monthlyCredits", "aliases", "displayName", "default"})
 
 
-class CatalogError(ValueError):
-    """A catalog is invalid; the message names the plan and the problem."""
+CatalogError = errors.CatalogError
 
 
 @dataclass(frozen=True)

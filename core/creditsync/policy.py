@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -19,7 +20,9 @@ UsagePolicy = Literal["Reset", "Preserve"]
 Kind = Literal[
     "provision", "plan_change", "drift_repair", "period_reset", "usage", "adjustment", "expiry"
 ]
-Actor = Literal["webhook", "timer", "manual", "provision", "admin", "cli"]
+# who changed an instance's numbers; `app`: the app's own usage (a consume, and the monthly
+# reset a consume found due)
+Actor = Literal["webhook", "timer", "manual", "provision", "admin", "cli", "app"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,20 @@ class Policy:
 
 
 def from_settings(settings: config.Settings) -> Policy:
-    """The policy a process configured from the environment converges with."""
+    """The policy standalone `creditsync run` stores from its environment."""
     usage: UsagePolicy = "Preserve" if settings.usage_on_plan_change == "Preserve" else "Reset"
     return Policy(usage, settings.expiry_grace_period)
+
+
+def from_row(row: Sequence[object] | None) -> Policy:
+    """The policy from a stored `(usage_on_plan_change, expiry_grace_seconds)` (None: the
+    built-in defaults)."""
+    if row is None:
+        return Policy()
+    usage: UsagePolicy = "Preserve" if row[0] == "Preserve" else "Reset"
+    seconds = row[1]
+    assert isinstance(seconds, int | float | str)
+    return Policy(usage, dt.timedelta(seconds=int(seconds)))
 
 
 class Numbers(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, inbox, instances, policy
+from creditsync import catalog, convergence, inbox, instances, policy, policy_store
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -101,12 +101,14 @@ class Stats:
 
 
 def list_instances(
-    engine: Engine, *, now: dt.datetime, pol: policy.Policy, drifted: bool | None = None,
+    engine: Engine, *, now: dt.datetime, pol: policy.Policy | None = None,
+    drifted: bool | None = None,
     plan: str | None = None, removed: bool | None = None, q: str | None = None,
     limit: int = 50, after: str | None = None,
 ) -> Page[InstanceReport]:
     """Instances ordered by id, filtered; `after` is the previous page's `next_key`."""
     with database.read(engine) as conn:
+        pol = pol if pol is not None else policy_store.load(conn)
         query, drift = convergence.drift_select(catalog.load(conn), now, pol)
         query = _with_report_columns(query)
         if drifted is not None:
@@ -126,10 +128,11 @@ def list_instances(
 
 
 def instance(
-    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy
+    engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
 ) -> InstanceReport:
     """One instance's report; raises `instances.UnknownInstance`."""
     with database.read(engine) as conn:
+        pol = pol if pol is not None else policy_store.load(conn)
         query, _drift = convergence.drift_select(catalog.load(conn), now, pol)
         rows = conn.execute(
             _with_report_columns(query).where(_i.c.instance_id == instance_id)).all()

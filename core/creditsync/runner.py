@@ -1,9 +1,10 @@
 """The convergence loop of `creditsync run`, and the guarded run it shares with the operator.
 
 Once at start-up, then every `interval`: retry due inbox events and converge every
-instance, under the convergence lock so two runners (operator or standalone) never converge
-at once. Inbox retries run more often (every `retry_every`) so a failed webhook is not left
-waiting. An `alerter` gets the drift, webhook and degraded alerts of `creditsync.alerts`.
+instance with the stored policy (`policy_store`), under the convergence lock so two runners
+(operator or standalone) never converge at once. Inbox retries run more often (every
+`retry_every`) so a failed webhook is not left waiting. An `alerter` gets the drift,
+webhook and degraded alerts of `creditsync.alerts`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ log = logging.getLogger("creditsync.runner")
 RunHook = Callable[[convergence.Summary], None]
 
 
-def retry_inbox(engine: Engine, pol: policy.Policy) -> dict[str, int]:
+def retry_inbox(engine: Engine) -> dict[str, int]:
     """Retry the inbox events that are due; their outcomes by status."""
-    outcomes = inbox.retry_due(engine, now=convergence.utcnow(), pol=pol)
+    outcomes = inbox.retry_due(engine, now=convergence.utcnow())
     if outcomes:
         log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
     return outcomes
@@ -35,22 +36,23 @@ def guarded_run(
     engine: Engine,
     *,
     trigger: str,
-    pol: policy.Policy,
     batch_size: int = 5000,
+    pol: policy.Policy | None = None,
     dry_run: bool = False,
     actor: policy.Actor = "timer",
 ) -> convergence.Summary | None:
     """Retry due inbox events, then converge everything, holding the convergence lock.
 
     None when another runner holds the lock (it is converging right now). A dry run
-    retries no events (that would apply them) and writes nothing.
+    retries no events (that would apply them) and writes nothing. `pol` None: the stored
+    policy; a dry run may name another to see what it would do.
     """
     with locks.convergence_lock(engine) as held:
         if not held:
             log.info("another runner is converging; skipping this %s run", trigger)
             return None
         if not dry_run:
-            retry_inbox(engine, pol)
+            retry_inbox(engine)
         return convergence.converge(engine, trigger=trigger, actor=actor, pol=pol,
                                     batch_size=batch_size, dry_run=dry_run)
 
@@ -58,7 +60,6 @@ def guarded_run(
 @dataclass
 class Runner:
     engine: Engine
-    pol: policy.Policy
     interval: dt.timedelta
     batch_size: int = 5000
     retry_every: dt.timedelta = dt.timedelta(seconds=5)
@@ -75,15 +76,14 @@ class Runner:
 
     def converge(self, trigger: str) -> convergence.Summary | None:
         """One guarded run; None when another runner holds the lock."""
-        summary = guarded_run(self.engine, trigger=trigger, pol=self.pol,
-                              batch_size=self.batch_size)
+        summary = guarded_run(self.engine, trigger=trigger, batch_size=self.batch_size)
         if summary is not None:
             for hook in self.on_run:
                 hook(summary)
         return summary
 
     def retry_inbox(self) -> dict[str, int]:
-        return retry_inbox(self.engine, self.pol)
+        return retry_inbox(self.engine)
 
     def _guarded(self, action: Callable[[], object], what: str) -> None:
         try:

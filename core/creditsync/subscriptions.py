@@ -1,8 +1,9 @@
 """Desired state: how an accepted billing event changes an instance's subscription.
 
-`accept()` is the only writer of the `subscriptions` table. It refuses events older than
-the newest one accepted (`stale`), so reordered deliveries never override newer ones, and
-bumps `rev` only for a purchase or a change of plan, so a retry never resets usage twice.
+`write()` is the only writer of the `subscriptions` table, and refuses to go backwards in
+`source_time`: an event older than the newest one accepted is `stale`, so reordered
+deliveries never override newer ones. `next_state()` bumps `rev` only for a purchase or a
+change of plan, so a retry never resets usage twice.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from creditsync import errors
 from creditsync.storage import models
 
 _s = models.SUBSCRIPTIONS
@@ -53,12 +57,9 @@ class State:
     source_time: dt.datetime
 
 
-def get(conn: Connection, instance_id: str, *, lock: bool = False) -> State | None:
-    """The instance's subscription; `lock` holds its row until commit (PostgreSQL)."""
-    query = sa.select(_s).where(_s.c.instance_id == instance_id)
-    if lock and conn.dialect.name != "sqlite":  # SQLite's BEGIN IMMEDIATE already serializes
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+def get(conn: Connection, instance_id: str) -> State | None:
+    """The instance's subscription."""
+    row = conn.execute(sa.select(_s).where(_s.c.instance_id == instance_id)).first()
     if row is None:
         return None
     return State(row.plan_id, row.status, row.expires_at, row.rev, row.source_time)
@@ -89,25 +90,37 @@ def next_state(current: State | None, event: BillingEvent, default_plan_id: str)
             return None
         # reinstalled: data comes back, a paid plan only with a new purchase
         return State(default_plan_id, "active", None, rev, at)
-    raise ValueError(f"unknown event type {event.event_type}")
+    raise errors.InvalidRequest(f"unknown event type {event.event_type}")
+
+
+def write(conn: Connection, instance_id: str, state: State, now: dt.datetime) -> bool:
+    """Upsert the instance's subscription; refused (False) if a newer event is stored.
+
+    The guard is in the statement itself, so desired state never goes backwards in
+    `source_time`, whatever the caller read.
+    """
+    values = {"plan_id": state.plan_id, "status": state.status, "expires_at": state.expires_at,
+              "rev": state.rev, "source_time": state.source_time, "updated_at": now}
+    insert = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(_s)
+    statement = insert.values(instance_id=instance_id, **values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[_s.c.instance_id],
+        set_={name: statement.excluded[name] for name in values},
+        where=_s.c.source_time <= statement.excluded.source_time)
+    return conn.execute(statement.returning(_s.c.instance_id)).first() is not None
 
 
 def accept(
     conn: Connection, event: BillingEvent, default_plan_id: str, now: dt.datetime
 ) -> Outcome:
-    """Apply `event` to the instance's subscription unless a newer event was accepted."""
-    current = get(conn, event.instance_id, lock=True)  # concurrent events queue up here
+    """Apply `event` to the instance's subscription unless a newer event was accepted.
+
+    The caller holds the instance's lock (`database.lock_instance`).
+    """
+    current = get(conn, event.instance_id)
     if current is not None and event.operation_time < current.source_time:
         return "stale"
     new = next_state(current, event, default_plan_id)
     if new is None:
         return "applied"
-    values = {
-        "plan_id": new.plan_id, "status": new.status, "expires_at": new.expires_at,
-        "rev": new.rev, "source_time": new.source_time, "updated_at": now,
-    }
-    if current is None:
-        conn.execute(_s.insert().values(instance_id=event.instance_id, **values))
-    else:
-        conn.execute(_s.update().where(_s.c.instance_id == event.instance_id).values(**values))
-    return "applied"
+    return "applied" if write(conn, event.instance_id, new, now) else "stale"

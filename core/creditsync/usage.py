@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import convergence, instances, policy
+from creditsync import convergence, errors, instances, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -16,16 +17,7 @@ _ledger = models.LEDGER
 _keys = models.USAGE_REQUESTS
 
 
-class InsufficientCredits(Exception):
-    """The instance has fewer credits left than asked for."""
-
-    def __init__(self, instance_id: str, requested: int, remaining: int) -> None:
-        super().__init__(
-            f"instance {instance_id} has {remaining} credits left, {requested} were asked for:"
-            " upgrade the plan or wait for the monthly reset"
-        )
-        self.requested = requested
-        self.remaining = remaining
+InsufficientCredits = errors.InsufficientCredits
 
 
 @dataclass(frozen=True)
@@ -42,23 +34,32 @@ class Consumption:
 
 def consume(
     engine: Engine, instance_id: str, amount: int, idempotency_key: str, *,
-    now: dt.datetime, pol: policy.Policy,
+    now: dt.datetime, pol: policy.Policy | None = None,
 ) -> Consumption:
-    """Charge `amount` credits once per `idempotency_key`."""
-    if amount <= 0:
-        raise ValueError(f"amount must be a positive integer, got {amount}")
+    """Charge `amount` credits once per `idempotency_key`.
+
+    A key seen before answers its first result (`replayed`) when the amount is the same,
+    and raises `IdempotencyConflict` when it is not (as Stripe does).
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise errors.InvalidRequest(f"amount must be a positive integer, got {amount!r}",
+                                    code="invalid_consumption")
     if not idempotency_key:
-        raise ValueError("idempotencyKey must not be empty")
+        raise errors.InvalidRequest("idempotencyKey must not be empty",
+                                    code="invalid_consumption")
     with database.write(engine) as conn:
+        database.lock_instance(conn, instance_id)
         row = _locked(conn, instance_id)
         seen = conn.execute(sa.select(_keys).where(
             _keys.c.instance_id == instance_id, _keys.c.idempotency_key == idempotency_key
         )).first()
         if seen is not None:
+            if seen.amount != amount:
+                raise errors.IdempotencyConflict(idempotency_key, seen.amount, amount)
             return Consumption(instance_id, seen.amount, seen.from_plan, seen.from_bonus,
                                seen.remaining_after, replayed=True)
         if row.period_end <= now:  # the monthly reset is due: apply it before charging
-            convergence.converge_in(conn, [instance_id], trigger="usage", actor="timer",
+            convergence.converge_in(conn, [instance_id], trigger="usage", actor="app",
                                     correlation_id=idempotency_key, now=now, pol=pol)
             row = _locked(conn, instance_id)
         plan_left = max(row.credits_total - row.credits_used_month, 0)
@@ -67,16 +68,15 @@ def consume(
             raise InsufficientCredits(instance_id, amount, left)
         from_plan = min(amount, plan_left)
         from_bonus = amount - from_plan
-        used_after, bonus_after = row.credits_used_month + from_plan, row.bonus_credits - from_bonus
+        before = _numbers(row)
+        after = before._replace(credits_used=row.credits_used_month + from_plan,
+                                bonus_credits=row.bonus_credits - from_bonus)
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
-            credits_used_month=used_after, bonus_credits=bonus_after,
+            credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
             version=_i.c.version + 1, updated_at=now))
-        conn.execute(_ledger.insert().values(
-            instance_id=instance_id, at=now, kind="usage", actor="provision",
-            correlation_id=idempotency_key, plan_before=row.plan_id, plan_after=row.plan_id,
-            credits_total_before=row.credits_total, credits_total_after=row.credits_total,
-            credits_used_before=row.credits_used_month, credits_used_after=used_after,
-            bonus_before=row.bonus_credits, bonus_after=bonus_after, reason=None))
+        conn.execute(_ledger.insert().values(**ledger.entry(
+            instance_id, "usage", before, after, at=now, actor="app",
+            correlation_id=idempotency_key, reason=None)))
         result = Consumption(instance_id, amount, from_plan, from_bonus, left - amount)
         conn.execute(_keys.insert().values(
             instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
@@ -91,28 +91,33 @@ def adjust_bonus(
 ) -> instances.HistoryEntry:
     """Grant (or take back) bonus credits; the reconciler never touches them."""
     if not reason or not reason.strip():
-        raise ValueError("reason must say why the bonus credits change")
+        raise errors.InvalidRequest("reason must say why the bonus credits change",
+                                    code="invalid_adjustment")
     if delta == 0:
-        raise ValueError("bonusCreditsDelta must not be 0")
+        raise errors.InvalidRequest("bonusCreditsDelta must not be 0",
+                                    code="invalid_adjustment")
     with database.write(engine) as conn:
+        database.lock_instance(conn, instance_id)
         row = _locked(conn, instance_id)
         after = row.bonus_credits + delta
         if after < 0:
-            raise ValueError(
+            raise errors.InvalidRequest(
                 f"instance {instance_id} has {row.bonus_credits} bonus credits; "
-                f"taking {-delta} would make them negative"
-            )
+                f"taking {-delta} would make them negative", code="invalid_adjustment")
+        before = _numbers(row)
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
             bonus_credits=after, version=_i.c.version + 1, updated_at=now))
-        entry = conn.execute(_ledger.insert().values(
-            instance_id=instance_id, at=now, kind="adjustment", actor=actor,
-            correlation_id=None, plan_before=row.plan_id, plan_after=row.plan_id,
-            credits_total_before=row.credits_total, credits_total_after=row.credits_total,
-            credits_used_before=row.credits_used_month,
-            credits_used_after=row.credits_used_month, bonus_before=row.bonus_credits,
-            bonus_after=after, reason=reason.strip()).returning(*_ledger.c)).one()
+        entry = conn.execute(_ledger.insert().values(**ledger.entry(
+            instance_id, "adjustment", before, before._replace(bonus_credits=after), at=now,
+            actor=actor, correlation_id=None, reason=reason.strip())).returning(*_ledger.c)
+        ).one()
         return instances.HistoryEntry(
             **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
+
+
+def _numbers(row: sa.Row[Any]) -> policy.Numbers:
+    return policy.Numbers(row.plan_id, row.credits_total, row.credits_used_month,
+                          row.bonus_credits, row.period_start, row.period_end, row.applied_rev)
 
 
 def _locked(conn: Connection, instance_id: str) -> sa.Row[tuple[object, ...]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import catalog, convergence, plans, policy, runner
+from creditsync import catalog, convergence, plans, runner
 from creditsync.storage import database
 from creditsync_operator import conditions, resources, specs, state, status
 from creditsync_operator.conditions import READY, Condition
@@ -40,8 +40,7 @@ def _after_change(shared: state.Shared) -> None:
         return
     try:
         summary = runner.guarded_run(
-            shared.engine, trigger="plan_change", pol=policy.from_settings(shared.settings),
-            batch_size=shared.settings.batch_size)
+            shared.engine, trigger="plan_change", batch_size=shared.settings.batch_size)
     except Exception as exc:  # the next loop (or the next change) converges
         log.warning("could not converge after the catalog change: %s",
                     status.describe_error(exc))

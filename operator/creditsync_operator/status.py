@@ -107,11 +107,6 @@ def run_conditions(summary: convergence.Summary) -> list[Condition]:
             Condition(DEGRADED, "False", "AsExpected", "")]
 
 
-def is_database_error(exc: BaseException) -> bool:
-    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
-                      | sqlalchemy.exc.TimeoutError | database.DatabaseUnavailable)
-
-
 def describe_error(exc: BaseException) -> str:
     """A one-paragraph message: the driver's own words, not SQLAlchemy's wrapping."""
     inner = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig else exc
@@ -120,7 +115,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def error_reason(exc: BaseException) -> str:
-    return DATABASE_UNAVAILABLE if is_database_error(exc) else SYNC_FAILED
+    return DATABASE_UNAVAILABLE if database.is_unavailable(exc) else SYNC_FAILED
 
 
 def error_conditions(reason: str, message: str, retry_in: float) -> list[Condition]:

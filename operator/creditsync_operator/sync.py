@@ -19,7 +19,8 @@ from typing import Any
 
 import kopf
 
-from creditsync import alerts, convergence, inbox, runner
+from creditsync import alerts, convergence, inbox, policy_store, runner
+from creditsync.storage import database
 from creditsync_operator import conditions, events, resources, schedule, specs, state, status
 from creditsync_operator.conditions import Condition
 
@@ -37,9 +38,25 @@ class Outcome:
     backlog: dict[str, int] = field(default_factory=dict)
 
 
-def run_once(shared: state.Shared, spec: specs.SyncSpec, trigger: str) -> Outcome:
-    """Converge (blocking), then read the webhook backlog and the per-plan counts."""
-    summary = runner.guarded_run(shared.engine, trigger=trigger, pol=spec.pol,
+def store_policy(shared: state.Shared, spec: specs.SyncSpec, source: str) -> None:
+    """Make the spec's policy the one every process converges with (webhooks included)."""
+    with database.write(shared.engine) as conn:
+        if policy_store.write(conn, spec.pol, source, convergence.utcnow()):
+            log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss", source,
+                     spec.pol.usage_on_plan_change,
+                     int(spec.pol.expiry_grace_period.total_seconds()),
+                     extra={"policy_source": source})
+
+
+def run_once(
+    shared: state.Shared, spec: specs.SyncSpec, trigger: str, source: str = ""
+) -> Outcome:
+    """Store the spec's policy, converge (blocking), then read the webhook backlog and the
+    per-plan counts. A dry run stores nothing and converges with the spec's policy."""
+    if not spec.dry_run and source:
+        store_policy(shared, spec, source)
+    summary = runner.guarded_run(shared.engine, trigger=trigger,
+                                 pol=spec.pol if spec.dry_run else None,
                                  batch_size=spec.batch_size, dry_run=spec.dry_run)
     if summary is None:
         return Outcome(None)
@@ -57,7 +74,7 @@ def _parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
 
 async def _retry_inbox(shared: state.Shared, spec: specs.SyncSpec) -> None:
     try:
-        await state.blocking(shared.executor, runner.retry_inbox, shared.engine, spec.pol)
+        await state.blocking(shared.executor, runner.retry_inbox, shared.engine)
     except Exception as exc:  # the next run reports the database's state
         log.debug("inbox retry failed: %s", status.describe_error(exc))
 
@@ -141,8 +158,9 @@ async def converge(
     schedule.started(loop, generation=generation, plan_generation=shared.plan_generation,
                      now=time.monotonic())
     try:
-        outcome = await state.blocking(shared.executor, run_once, shared, decision.spec,
-                                       decision.trigger)
+        outcome = await state.blocking(
+            shared.executor, run_once, shared, decision.spec, decision.trigger,
+            policy_store.creditsync_source(meta.get("namespace"), meta.get("name")))
     except Exception as exc:
         delay = schedule.failed(loop, decision.trigger, time.monotonic())
         reason, message = status.error_reason(exc), status.describe_error(exc)

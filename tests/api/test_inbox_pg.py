@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from creditsync import catalog, inbox, inbox_pg, plans, policy
-from creditsync.storage import database, models
+from creditsync import catalog, inbox, plans, policy
+from creditsync.storage import database, inbox_pg, models
 from tests.conftest import fresh_database
 
 T0 = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from creditsync import config, convergence, inbox, inbox_pg, policy
-from creditsync.storage import database, schema
+from creditsync import config, convergence, inbox, policy
+from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import devkeys, main
 from tests.api.conftest import Api, Server, local_app, ms, server_env, settings_for
 from tests.conftest import fresh_database

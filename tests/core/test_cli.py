@@ -116,3 +116,31 @@ def test_an_unreadable_plans_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert f"CREDITSYNC_PLANS_FILE: {missing}: cannot be read (No such file or directory)" in (
         result.stderr)
+
+
+def test_plans_apply_converges_even_when_the_catalog_is_unchanged(
+    db_url: str, tmp_path: Path
+) -> None:
+    run(db_url, "dev", "seed", "--instances", "30", "--drifted", "0", check=True)
+    doubled = tmp_path / "doubled.yaml"
+    doubled.write_text("plans:\n  - {id: free, monthlyCredits: 200, default: true}\n"
+                       "  - {id: starter, monthlyCredits: 2000}\n"
+                       "  - {id: pro, monthlyCredits: 10000}\n"
+                       "  - {id: scale, monthlyCredits: 50000}\n")
+    held = run(db_url, "plans", "apply", str(doubled), "--no-sync", check=True)
+    assert "not converged (--no-sync)" in held.stdout
+    assert run(db_url, "check").returncode == 1  # every instance drifted against the file
+    again = run(db_url, "plans", "apply", str(doubled), check=True)
+    assert "catalog unchanged" in again.stdout
+    assert "converged: repaired 30 of 30 instances" in again.stdout
+    assert run(db_url, "check").returncode == 0
+
+
+def test_policy_show_says_what_is_stored_and_where_it_came_from(db_url: str) -> None:
+    shown = json.loads(run(db_url, "policy", "show", "--json", check=True).stdout)
+    assert shown == {"usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
+                     "expiryGracePeriodSeconds": 0,
+                     "source": "built-in defaults (nothing stored yet)", "updatedAt": None}
+    table = run(db_url, "policy", "show", check=True).stdout
+    assert "usageOnPlanChange  Reset" in table
+    assert "source             built-in defaults (nothing stored yet)" in table

@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, convergence, instances, plans, usage
+from creditsync import catalog, convergence, errors, instances, plans, usage
 from creditsync.storage import database
 from tests.core.helpers import DAY, HOUR, RESET, T0, accept, instance
 from tests.support.ledger import assert_ledger_replays
@@ -45,13 +45,13 @@ def test_replayed_key_returns_the_first_result_and_charges_nothing(engine: Engin
 
 def test_bad_requests_say_what_is_wrong(engine: Engine) -> None:
     instances.provision(engine, "u", now=T0, pol=RESET)
-    with pytest.raises(ValueError, match="amount must be a positive integer, got 0"):
+    with pytest.raises(errors.InvalidRequest, match="amount must be a positive integer, got 0"):
         usage.consume(engine, "u", 0, "k", now=T0, pol=RESET)
     with pytest.raises(instances.UnknownInstance, match="instance nobody is not provisioned"):
         usage.consume(engine, "nobody", 1, "k", now=T0, pol=RESET)
-    with pytest.raises(ValueError, match="has 0 bonus credits; taking 5 would make them"):
+    with pytest.raises(errors.InvalidRequest, match="has 0 bonus credits; taking 5 would"):
         usage.adjust_bonus(engine, "u", -5, "oops", now=T0)
-    with pytest.raises(ValueError, match="reason must say why"):
+    with pytest.raises(errors.InvalidRequest, match="reason must say why"):
         usage.adjust_bonus(engine, "u", 5, "  ", now=T0)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import os
 import re
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,14 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import kubernetes
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, inbox, locks, seed
+from creditsync import convergence, inbox, locks, policy_store, seed
 from creditsync.storage import database, models
-from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess, operator_kubeconfig
+from creditsync_api import devkeys, tokens, wix
+from tests.e2e.conftest import (
+    CREDITSYNC,
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    operator_kubeconfig,
+)
 from tests.support.kubecluster import KubeCluster, kubectl
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.sinks import HttpSink, SmtpSink
@@ -567,3 +576,69 @@ def test_every_status_field_is_declared(system: System) -> None:
     assert dt.datetime.now(dt.UTC) - last_sync < dt.timedelta(minutes=10)
     plan = system.get("creditplans", "free")["status"]
     assert set(plan) == {"conditions", "instances", "observedGeneration"}
+
+
+def test_the_creditsync_policy_governs_the_webhook_path(
+    system: System, tmp_path: Path
+) -> None:
+    """The CreditSync says Preserve; the API process was started without the variable (its
+    environment would say Reset); a plan change through its webhook preserves usage."""
+    generation = system.patch("creditsyncs", "creditsync", {"usageOnPlanChange": "Preserve"})
+    try:
+        system.wait("the operator storing the spec's policy", lambda: (
+            (found := policy_store.current(system.engine)).policy.usage_on_plan_change
+            == "Preserve" and found.source == "CreditSync creditsync/creditsync"
+            and system.sync()["status"]["observedGeneration"] == generation))
+        keys, _ = devkeys.ensure(tmp_path / "keys")
+        env = {k: v for k, v in os.environ.items()
+               if k != "CREDITSYNC_USAGE_ON_PLAN_CHANGE"}
+        port = free_port()
+        with (tmp_path / "api.log").open("wb") as log:
+            api = subprocess.Popen(
+                [str(CREDITSYNC), "--log-json", "api", "--port", str(port)],
+                env={**env, "CREDITSYNC_DATABASE_URL": system.url,
+                     "CREDITSYNC_WIX_PUBLIC_KEY": keys.public_pem,
+                     "CREDITSYNC_APP_SECRET": keys.app_secret,
+                     "CREDITSYNC_ADMIN_TOKEN": keys.admin_token},
+                stdout=log, stderr=subprocess.STDOUT)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                system.wait("the API to answer", lambda: _ok(f"{base}/healthz"))
+                now = convergence.utcnow()
+
+                def hook(kind: str, product: str, at: dt.datetime) -> str:
+                    body = wix.sign_event(keys.private_key, kind, "policy-e2e", wix.event_fields(
+                        kind, product=product, at=at), now=convergence.utcnow())
+                    answer = httpx.post(f"{base}/api/webhooks/billing", content=body)
+                    assert answer.status_code == 200, answer.text
+                    return str(answer.json()["status"])
+
+                auth = {"Authorization": "Bearer " + tokens.sign(
+                    keys.app_secret, "policy-e2e", now=convergence.utcnow())}
+                assert hook("PaidPlanPurchased", "starter", now - dt.timedelta(hours=1)) == (
+                    "applied")
+                used = httpx.post(f"{base}/api/credits/consume", headers=auth,
+                                  json={"amount": 40, "idempotencyKey": "e2e-40"})
+                assert used.status_code == 200, used.text
+                assert hook("PaidPlanChanged", "pro", now) == "applied"
+                credits = httpx.get(f"{base}/api/billing/credits", headers=auth).json()
+                assert (credits["plan"], credits["creditsTotal"], credits["creditsUsed"]) == (
+                    "pro", 5000, 40)
+                assert credits["inSync"] is True
+                policy = httpx.get(f"{base}/api/admin/policy", headers={
+                    "Authorization": f"Bearer {keys.admin_token}"}).json()
+                assert (policy["usageOnPlanChange"], policy["source"]) == (
+                    "Preserve", "CreditSync creditsync/creditsync")
+            finally:
+                api.terminate()
+                api.wait(20)
+    finally:
+        system.patch("creditsyncs", "creditsync", {"usageOnPlanChange": "Reset"})
+    system.wait("the policy back to Reset", lambda: policy_store.current(
+        system.engine).policy.usage_on_plan_change == "Reset")
+
+
+def _ok(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, timeout=1).status_code == 200
+    return False

@@ -12,9 +12,9 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import convergence, inbox, instances, reports, usage
+from creditsync import convergence, inbox, instances, policy_store, reports, usage
 from creditsync_api import deps, errors, schemas
-from creditsync_api.deps import EngineDep, NowDep, PolicyDep, StateDep, require_admin
+from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -50,7 +50,7 @@ def _bad_cursor() -> errors.ApiError:
 @router.get("/instances", summary="List instances", response_model=schemas.InstancePage,
             responses=errors.responses(400, 401, 503))
 def list_instances(
-    engine: EngineDep, pol: PolicyDep, now: NowDep,
+    engine: EngineDep, now: NowDep,
     drifted: Annotated[bool | None, Query(description="Only drifted (true) or in-sync "
                                                       "(false) instances.")] = None,
     plan: Annotated[str | None, Query(max_length=100, pattern=schemas.NO_NUL,
@@ -64,7 +64,7 @@ def list_instances(
     cursor: Cursor = None,
 ) -> schemas.InstancePage:
     """Instances ordered by id, with actual and desired plan and credits."""
-    page = reports.list_instances(engine, now=now, pol=pol, drifted=drifted, plan=plan,
+    page = reports.list_instances(engine, now=now, drifted=drifted, plan=plan,
                                   removed=removed, q=q, limit=limit, after=_decode(cursor))
     return schemas.InstancePage(
         items=[schemas.AdminInstance.from_report(item) for item in page.items],
@@ -74,10 +74,10 @@ def list_instances(
 @router.get("/instances/{instance_id}", summary="One instance with its history",
             response_model=schemas.InstanceDetail, responses=errors.responses(401, 404, 503))
 def get_instance(
-    instance_id: InstanceId, engine: EngineDep, pol: PolicyDep, now: NowDep,
+    instance_id: InstanceId, engine: EngineDep, now: NowDep,
 ) -> schemas.InstanceDetail:
     """The instance beside what its subscription says, and its newest 50 ledger rows."""
-    report = reports.instance(engine, instance_id, now=now, pol=pol)
+    report = reports.instance(engine, instance_id, now=now)
     page = schemas.HistoryPage.from_core(instances.history(engine, instance_id, limit=50), 50)
     return schemas.InstanceDetail(instance=schemas.AdminInstance.from_report(report),
                                   history=page.entries, next_before=page.next_before)
@@ -100,26 +100,22 @@ def instance_history(
              response_model=schemas.AdjustResult,
              responses=errors.responses(400, 401, 404, 503))
 def adjust(
-    instance_id: InstanceId, body: schemas.AdjustRequest, engine: EngineDep, pol: PolicyDep,
+    instance_id: InstanceId, body: schemas.AdjustRequest, engine: EngineDep,
     now: NowDep,
 ) -> schemas.AdjustResult:
     """Bonus credits are spent after plan credits and never touched by convergence; the
     change and its reason go into the ledger."""
-    try:
-        entry = usage.adjust_bonus(engine, instance_id, body.bonus_credits_delta,
-                                   body.reason, now=now)
-    except ValueError as exc:
-        raise errors.ApiError(400, "invalid_adjustment", str(exc)) from exc
+    entry = usage.adjust_bonus(engine, instance_id, body.bonus_credits_delta, body.reason,
+                               now=now)
     return schemas.AdjustResult(
         entry=schemas.HistoryEntry.from_core(entry),
-        credits=schemas.Credits.from_core(
-            instances.credits(engine, instance_id, now=now, pol=pol)))
+        credits=schemas.Credits.from_core(instances.credits(engine, instance_id, now=now)))
 
 
 @router.post("/sync", summary="Converge instances (bulk, or a dry run)",
              response_model=schemas.SyncResult, responses=errors.responses(400, 401, 503))
 def sync(
-    body: schemas.SyncRequest, state: StateDep, engine: EngineDep, pol: PolicyDep,
+    body: schemas.SyncRequest, state: StateDep, engine: EngineDep,
     now: NowDep,
 ) -> schemas.SyncResult:
     """Converge the listed instances, or all; with `dryRun` nothing is written and the
@@ -127,7 +123,7 @@ def sync(
     summary = convergence.converge(
         engine, trigger="manual", actor="admin",
         instance_ids=None if body.all else body.instance_ids, dry_run=body.dry_run, now=now,
-        pol=pol, batch_size=state.settings.batch_size)
+        batch_size=state.settings.batch_size)
     state.metrics.observe_run(summary)
     return schemas.SyncResult.from_core(summary)
 
@@ -161,18 +157,11 @@ def list_webhooks(
 def replay(
     event_id: Annotated[str, Path(min_length=1, max_length=36, pattern=schemas.NO_NUL)],
     engine: EngineDep,
-    pol: PolicyDep, now: NowDep,
+    now: NowDep,
 ) -> schemas.ReplayResult:
     """Replays a failed, quarantined, pending or ignored event (409 for the others: they
     were applied, or deliberately changed nothing)."""
-    try:
-        status = inbox.replay(engine, event_id, now=now, pol=pol)
-    except inbox.NotReplayable as exc:
-        raise errors.ApiError(409, "not_replayable", str(exc)) from exc
-    except LookupError as exc:
-        raise errors.ApiError(404, "event_not_found",
-                              f"no webhook event {event_id}: list them with GET "
-                              "/api/admin/webhooks") from exc
+    status = inbox.replay(engine, event_id, now=now)
     return schemas.ReplayResult(event_id=event_id, status=cast(schemas.WebhookStatus, status))
 
 
@@ -185,3 +174,12 @@ def stats(
     """Drift repairs per day, webhooks by status, and credits used by plan per day (UTC
     days)."""
     return schemas.Stats.from_core(reports.stats(engine, now=now, days=days))
+
+
+@router.get("/policy", summary="The transition policy in force",
+            response_model=schemas.Policy, responses=errors.responses(401, 503))
+def get_policy(engine: EngineDep) -> schemas.Policy:
+    """`usageOnPlanChange` and `expiryGracePeriod` as every process converges with them,
+    and where they came from (a `CreditSync`, `creditsync run`'s environment, or the
+    built-in defaults)."""
+    return schemas.Policy.from_core(policy_store.current(engine))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from creditsync import instances, manual
 from creditsync_api import deps, errors, schemas
-from creditsync_api.deps import EngineDep, InstanceDep, NowDep, PolicyDep, StateDep
+from creditsync_api.deps import EngineDep, InstanceDep, NowDep, StateDep
 
 router = APIRouter(prefix="/api/billing", tags=["billing"])
 
@@ -16,30 +16,24 @@ router = APIRouter(prefix="/api/billing", tags=["billing"])
 @router.get("/credits", summary="The calling instance's credits",
             response_model=schemas.Credits, responses=errors.responses(401, 404, 503))
 def credits(
-    caller: InstanceDep, engine: EngineDep, pol: PolicyDep, now: NowDep
+    caller: InstanceDep, engine: EngineDep, now: NowDep
 ) -> schemas.Credits:
     """Reads only: `inSync` says whether the credits equal what the plan pays for now;
     nothing is repaired (use sync-credits)."""
     return schemas.Credits.from_core(
-        instances.credits(engine, caller.instance_id, now=now, pol=pol))
+        instances.credits(engine, caller.instance_id, now=now))
 
 
 @router.post("/sync-credits", summary="Converge the calling instance now",
              response_model=schemas.SyncCreditsResult,
              responses=errors.responses(401, 404, 429, 503))
 def sync_credits(
-    caller: InstanceDep, state: StateDep, engine: EngineDep, pol: PolicyDep, now: NowDep
+    caller: InstanceDep, state: StateDep, engine: EngineDep, now: NowDep
 ) -> schemas.SyncCreditsResult:
     """The "Sync Credits" button: repair the instance's credits if they differ from its
     plan, and answer the credits before and after with the list of changes. At most one
     call per instance every 5 seconds (429 with `Retry-After`)."""
-    wait = state.sync_limit.acquire(caller.instance_id, now)
-    if wait is not None:
-        raise errors.ApiError(
-            429, "rate_limited",
-            f"this instance was synced less than 5 seconds ago: retry in {wait} s",
-            headers={"Retry-After": str(wait)})
-    resync = manual.sync_instance(engine, caller.instance_id, now=now, pol=pol)
+    resync = manual.sync_instance(engine, caller.instance_id, now=now)
     state.metrics.observe_run(resync.summary)
     return schemas.SyncCreditsResult.from_core(resync)
 

@@ -24,7 +24,8 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.engine import Engine
 
-from creditsync import inbox, inbox_pg
+from creditsync import inbox
+from creditsync.storage import inbox_pg
 from creditsync_api import errors, schemas, wix
 from creditsync_api.deps import EngineDep, NowDep, State, StateDep
 
@@ -103,7 +104,7 @@ async def _ingest_async(
     deadline = time.monotonic() + BUDGET_S
     stored: asyncio.Future[inbox.Receipt] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(inbox_pg.ingest(state.pg_pool, incoming, now=now,
-                                                 pol=state.pol, on_stored=stored.set_result))
+                                                 on_stored=stored.set_result))
     state.background.add(task)
     task.add_done_callback(state.background.discard)
     await asyncio.wait({stored, task}, timeout=BUDGET_S, return_when=asyncio.FIRST_COMPLETED)
@@ -134,8 +135,7 @@ async def _ingest_in_threads(
         raise errors.unavailable_error()
     status = receipt.status
     if status == "pending":
-        apply = functools.partial(inbox.process, engine, receipt.event_id, now=now,
-                                  pol=state.pol)
+        apply = functools.partial(inbox.process, engine, receipt.event_id, now=now)
         with anyio.move_on_after(deadline - anyio.current_time()):
             status = await anyio.to_thread.run_sync(apply, limiter=state.db_threads,
                                                     abandon_on_cancel=True)

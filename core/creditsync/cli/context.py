@@ -10,7 +10,7 @@ from functools import cached_property
 import click
 from sqlalchemy.engine import Engine
 
-from creditsync import config, policy
+from creditsync import config
 from creditsync.storage import database, schema
 
 
@@ -21,10 +21,6 @@ class Context:
     @cached_property
     def engine(self) -> Engine:
         return database.create(self.settings.database_url)
-
-    @property
-    def pol(self) -> policy.Policy:
-        return policy.from_settings(self.settings)
 
     def require_schema(self) -> None:
         try:

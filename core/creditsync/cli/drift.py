@@ -25,7 +25,7 @@ def check(ctx: Context, as_json: bool, instance_ids: tuple[str, ...]) -> None:
     ctx.require_schema()
     ids = list(instance_ids) or None
     scanned = convergence.count_instances(ctx.engine, ids)
-    drifted = list(convergence.scan(ctx.engine, instance_ids=ids, pol=ctx.pol,
+    drifted = list(convergence.scan(ctx.engine, instance_ids=ids,
                                     batch_size=ctx.settings.batch_size))
     if as_json:
         click.echo(json.dumps({
@@ -66,14 +66,14 @@ def sync(ctx: Context, all_: bool, instance_ids: tuple[str, ...], dry_run: bool,
         raise click.UsageError("say what to sync: --all, or --instance ID (repeatable)")
     ctx.require_schema()
     ids = None if all_ else list(instance_ids)
-    total = sum(1 for _ in convergence.scan(ctx.engine, instance_ids=ids, pol=ctx.pol,
+    total = sum(1 for _ in convergence.scan(ctx.engine, instance_ids=ids,
                                             batch_size=ctx.settings.batch_size))
     show_bar = total > 0 and not as_json
     with click.progressbar(length=total, label="converging", file=sys.stderr,
                            hidden=not show_bar) as bar:
         summary = convergence.converge(
             ctx.engine, trigger="cli", actor="cli", instance_ids=ids, dry_run=dry_run,
-            pol=ctx.pol, batch_size=ctx.settings.batch_size, progress=bar.update)
+            batch_size=ctx.settings.batch_size, progress=bar.update)
     if as_json:
         click.echo(json.dumps({
             "runId": summary.run_id, "dryRun": dry_run, "scanned": summary.scanned,

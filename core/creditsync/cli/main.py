@@ -7,8 +7,18 @@ import signal
 
 import click
 
-from creditsync import alerts, catalog, config, convergence, logs, plans, runner
-from creditsync.cli import dev, drift, operator_cmd, plans_cmd, serve, webhooks
+from creditsync import (
+    alerts,
+    catalog,
+    config,
+    convergence,
+    logs,
+    plans,
+    policy,
+    policy_store,
+    runner,
+)
+from creditsync.cli import dev, drift, operator_cmd, plans_cmd, policy_cmd, serve, webhooks
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
 
@@ -94,7 +104,12 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
         alerter = alerts.from_settings(ctx.settings)
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    loop = runner.Runner(ctx.engine, ctx.pol, ctx.settings.sync_interval,
+    stored = policy_store.write_from_environment(ctx.engine, policy.from_settings(ctx.settings),
+                                                 convergence.utcnow())
+    if stored.from_creditsync:
+        log.warning("converging with the policy %s wrote, not this environment's",
+                    stored.source, extra={"policy_source": stored.source})
+    loop = runner.Runner(ctx.engine, ctx.settings.sync_interval,
                          ctx.settings.batch_size, alerter=alerter)
     log.info("creditsync running on %s, converging every %ss",
              database.describe(ctx.settings.database_url),
@@ -140,6 +155,7 @@ def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
 cli.add_command(drift.check)
 cli.add_command(drift.sync)
 cli.add_command(plans_cmd.group)
+cli.add_command(policy_cmd.group)
 cli.add_command(webhooks.group)
 cli.add_command(dev.group)
 cli.add_command(operator_cmd.command)

@@ -45,7 +45,8 @@ def list_plans(ctx: Context, as_json: bool) -> None:
 @click.option("--no-sync", is_flag=True, help="Change the catalog only; converge later.")
 @pass_context
 def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
-    """Replace the catalog with FILE, then converge the instances it affects."""
+    """Replace the catalog with FILE, then converge every instance against it (also when
+    the catalog was already equal to FILE)."""
     ctx.require_schema()
     try:
         new = plans.load_file(file)
@@ -53,18 +54,19 @@ def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
         raise click.ClickException(f"{exc} (nothing was changed)") from exc
     with database.write(ctx.engine) as conn:
         change = catalog.replace(conn, new, convergence.utcnow())
-    if not change.touched:
+    if change.touched:
+        click.echo("catalog: " + "; ".join(
+            f"{what} {', '.join(ids)}" for what, ids in
+            (("added", change.added), ("changed", change.changed), ("removed", change.removed))
+            if ids))
+    else:
         click.echo("catalog unchanged")
-        return
-    click.echo("catalog: " + "; ".join(
-        f"{what} {', '.join(ids)}" for what, ids in
-        (("added", change.added), ("changed", change.changed), ("removed", change.removed))
-        if ids))
     if no_sync:
         click.echo("not converged (--no-sync): run `creditsync sync --all` when ready")
         return
+    # converged whether or not the catalog changed: what it leaves behind must match it
     summary = convergence.converge(ctx.engine, trigger="plan_change", actor="cli",
-                                   pol=ctx.pol, batch_size=ctx.settings.batch_size)
+                                   batch_size=ctx.settings.batch_size)
     click.echo(f"converged: repaired {summary.repaired:,} of {summary.scanned:,} instances"
                + (f"; {summary.plan_missing:,} on removed plans left as they are"
                   if summary.plan_missing else ""))

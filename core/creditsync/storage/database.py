@@ -12,15 +12,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import psycopg_pool
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
+
+from creditsync import errors
 
 WRITE_OPTION = "creditsync_write"
 
+DatabaseUnavailable = errors.DatabaseUnavailable
 
-class DatabaseUnavailable(RuntimeError):
-    """The database cannot be reached; the caller should retry later."""
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached (as opposed to a bug or a constraint violation).
+
+    The one predicate the API (503) and the operator (`Degraded/DatabaseUnavailable`) use.
+    """
+    if isinstance(exc, errors.DatabaseUnavailable | sa_exc.OperationalError
+                  | sa_exc.InterfaceError | sa_exc.TimeoutError | psycopg.OperationalError
+                  | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def create(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
@@ -67,6 +82,23 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
+
+
+# `pg_advisory_xact_lock` key of one instance: every path that decides for an instance
+# takes it first, so those decisions queue up even when no row exists yet to lock.
+INSTANCE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def lock_instance(conn: Connection, instance_id: str) -> None:
+    """Serialise this transaction with every other one deciding for `instance_id`.
+
+    PostgreSQL: a transaction-scoped advisory lock on the instance id, taken before anything
+    is read (statements after it see what the previous holder committed). SQLite: a write
+    transaction is `BEGIN IMMEDIATE`, which already serialises every writer.
+    """
+    if is_sqlite(conn):
+        return
+    conn.exec_driver_sql(INSTANCE_LOCK_SQL, (instance_id,))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Index,
     Integer,
@@ -102,6 +103,20 @@ class PlanRow(Base):
     updated_at: Mapped[dt.datetime]
 
 
+class PolicyRow(Base):
+    """The transition policy every process converges with (one row), and where it came from."""
+
+    __tablename__ = "policy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    usage_on_plan_change: Mapped[str] = mapped_column(String(16))
+    expiry_grace_seconds: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(300))
+    updated_at: Mapped[dt.datetime]
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+
 class Subscription(Base):
     """Desired state, one row per instance, written only by ingress."""
 
@@ -138,6 +153,8 @@ class Instance(Base):
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     last_synced_at: Mapped[dt.datetime | None]
+    # the last Sync Credits call: a guarded update of it is the per-instance rate limit
+    last_manual_sync_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
         Index("ix_instances_period_end", "period_end"),
@@ -186,6 +203,7 @@ class WebhookEvent(Base):
     event_type: Mapped[str] = mapped_column(String(64))
     product_id: Mapped[str | None] = mapped_column(String(200))
     operation_time: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime | None]  # `expiresOn`, validated at the door
     received_at: Mapped[dt.datetime]
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
@@ -241,8 +259,15 @@ def _table(model: type[Base]) -> Table:
     return table
 
 
+# policy.Numbers field -> instances column, for the fields convergence may change (all
+# but the bonus, which it never touches)
+NUMBER_COLUMNS = {"plan_id": "plan_id", "credits_total": "credits_total",
+                  "credits_used": "credits_used_month", "period_start": "period_start",
+                  "period_end": "period_end", "applied_rev": "applied_rev"}
+
 # Core (not ORM) handles on the tables, for the set-based hot paths.
 PLANS = _table(PlanRow)
+POLICY = _table(PolicyRow)
 SUBSCRIPTIONS = _table(Subscription)
 INSTANCES = _table(Instance)
 LEDGER = _table(LedgerEntry)

@@ -10,11 +10,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from creditsync import errors
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class SchemaOutdated(RuntimeError):
-    """The database's schema is not the one this version needs."""
+SchemaOutdated = errors.SchemaOutdated
 
 
 def _config() -> Config:

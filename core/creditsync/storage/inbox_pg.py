@@ -1,16 +1,13 @@
 """The inbox's single-event path on PostgreSQL, for the webhook endpoint: async, few round trips.
 
-Same contract as `inbox.store` and `inbox.process` (the reference, which the retry loop,
-replays and SQLite use; a property test checks both give the same results): the event is
-committed to the inbox (deduplicated on its business identity) before it is acknowledged,
-then applied in a second transaction that updates the subscription and converges the one
-instance. The decisions come from the same pure functions (`subscriptions.next_state`,
-`policy.desired_plan_id`, `policy.transition`, `convergence.ledger_row`); this module only
-reads and writes rows, on psycopg's async pool with pipelined statements, so the webhook
-answers without a thread hop or statement building per request.
-
-Row locks replace the version guard: the event, subscription and instance rows are locked
-`FOR UPDATE` before anything is decided, as `usage.consume` locks the instance.
+Same contract as `inbox.store` and `inbox.process` (the blocking path, which the retry
+loop, replays and SQLite use): the event is committed to the inbox (deduplicated on its
+business identity) before it is acknowledged, then applied in a second transaction. That
+transaction takes the instance's advisory lock first (`database.INSTANCE_LOCK_SQL`, as every
+path deciding for one instance does), reads the event, subscription, instance, catalog and
+policy in one statement, asks the same pure `decision.decide()`, and writes its answer in
+one statement. This module only reads and writes rows, on psycopg's async pool with
+pipelined statements; a property test checks both paths give the same results.
 """
 
 from __future__ import annotations
@@ -29,7 +26,8 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from creditsync import convergence, inbox, instances, plans, policy, subscriptions
+from creditsync import convergence, decision, errors, inbox, ledger, plans, policy, subscriptions
+from creditsync.storage import database
 
 log = logging.getLogger("creditsync.inbox")
 
@@ -38,9 +36,9 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 _STORE = """
 WITH new AS (
     INSERT INTO webhook_events (id, dedupe_key, instance_id, event_type, product_id,
-        operation_time, received_at, payload, status, attempts, next_attempt_at)
+        operation_time, expires_at, received_at, payload, status, attempts, next_attempt_at)
     VALUES (%(id)s, %(key)s, %(instance_id)s, %(event_type)s, %(product_id)s,
-        %(operation_time)s, %(now)s, %(payload)s, %(status)s, 0, %(now)s)
+        %(operation_time)s, %(expires_at)s, %(now)s, %(payload)s, %(status)s, 0, %(now)s)
     ON CONFLICT (dedupe_key) DO NOTHING
     RETURNING id
 )
@@ -51,27 +49,34 @@ LIMIT 1
 """
 _EXISTING = "SELECT id FROM webhook_events WHERE dedupe_key = %s"
 
+# The instance's lock, taken before anything is read: the read that follows (its own
+# statement, so its own snapshot) sees what the lock's previous holder committed.
+_LOCK = ("SELECT pg_advisory_xact_lock(hashtextextended(instance_id, 0)) "
+         "FROM webhook_events WHERE id = %(id)s")
+assert "hashtextextended(" in database.INSTANCE_LOCK_SQL  # the same key as lock_instance
 # Everything an apply decides from, in one statement: the event, its subscription and
-# instance (all three locked), and the catalog.
+# instance (rows locked), the catalog and the policy.
 _READ = """
 WITH ev AS (
-    SELECT instance_id, event_type, product_id, operation_time, payload, status
+    SELECT instance_id, event_type, product_id, operation_time, expires_at, status
     FROM webhook_events WHERE id = %(id)s FOR UPDATE
 ), sub AS (
     SELECT plan_id, status, expires_at, rev, source_time FROM subscriptions
     WHERE instance_id = (SELECT instance_id FROM ev) FOR UPDATE
 ), inst AS (
     SELECT plan_id, credits_total, credits_used_month, bonus_credits, period_start,
-        period_end, applied_rev FROM instances
+        period_end, applied_rev, version FROM instances
     WHERE instance_id = (SELECT instance_id FROM ev) FOR UPDATE
 )
-SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.payload, ev.status,
+SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.expires_at,
+    ev.status,
     (SELECT json_agg(json_build_array(p.id, p.monthly_credits, p.aliases, p.display_name,
                                       p.is_default) ORDER BY p.monthly_credits, p.id)
      FROM plans p),
+    (SELECT json_build_array(usage_on_plan_change, expiry_grace_seconds) FROM policy),
     sub.plan_id, sub.status, sub.expires_at, sub.rev, sub.source_time,
     inst.plan_id, inst.credits_total, inst.credits_used_month, inst.bonus_credits,
-    inst.period_start, inst.period_end, inst.applied_rev
+    inst.period_start, inst.period_end, inst.applied_rev, inst.version
 FROM ev LEFT JOIN sub ON true LEFT JOIN inst ON true
 """
 
@@ -96,7 +101,8 @@ WITH created AS (
         version = version + %(bump)s,
         updated_at = CASE WHEN %(bump)s > 0 THEN %(now)s ELSE updated_at END,
         last_synced_at = %(now)s
-    WHERE instance_id = %(iid)s AND %(converge)s AND NOT %(create)s
+    WHERE instance_id = %(iid)s AND version = %(version)s AND %(converge)s AND NOT %(create)s
+    RETURNING 1
 ), subscription AS (
     INSERT INTO subscriptions (instance_id, plan_id, status, expires_at, rev, source_time,
         updated_at)
@@ -105,6 +111,8 @@ WITH created AS (
     ON CONFLICT (instance_id) DO UPDATE SET plan_id = EXCLUDED.plan_id,
         status = EXCLUDED.status, expires_at = EXCLUDED.expires_at, rev = EXCLUDED.rev,
         source_time = EXCLUDED.source_time, updated_at = EXCLUDED.updated_at
+    WHERE subscriptions.source_time <= EXCLUDED.source_time  -- never backwards
+    RETURNING 1
 ), entries AS (
     INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
         credits_total_before, credits_total_after, credits_used_before, credits_used_after,
@@ -124,6 +132,7 @@ WITH created AS (
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
     next_attempt_at = NULL, applied_at = %(applied_at)s
 WHERE id = %(id)s
+RETURNING (SELECT count(*) FROM subscription), (SELECT count(*) FROM converged)
 """
 _FAILED = """
 UPDATE webhook_events SET status = %s, attempts = %s, last_error = %s, next_attempt_at = %s
@@ -149,7 +158,7 @@ def pool(url: str, *, size: int) -> Pool:
 
 
 async def ingest(
-    db: Pool, event: inbox.Incoming, *, now: dt.datetime, pol: policy.Policy,
+    db: Pool, event: inbox.Incoming, *, now: dt.datetime, pol: policy.Policy | None = None,
     on_stored: Callable[[inbox.Receipt], None] | None = None,
 ) -> inbox.Receipt:
     """Store, then apply, on one connection: three round trips.
@@ -191,7 +200,9 @@ async def store(db: Pool, event: inbox.Incoming, now: dt.datetime) -> inbox.Rece
     raise AssertionError("unreachable")
 
 
-async def process(db: Pool, event_id: str, *, now: dt.datetime, pol: policy.Policy) -> str:
+async def process(
+    db: Pool, event_id: str, *, now: dt.datetime, pol: policy.Policy | None = None
+) -> str:
     """Apply one stored event and converge its instance; returns its status afterwards.
 
     A failure leaves the event `pending` with a backoff (`failed` after
@@ -209,12 +220,8 @@ async def _store(conn: Connection, event: inbox.Incoming, now: dt.datetime) -> i
 def _store_params(event_id: str, event: inbox.Incoming, now: dt.datetime) -> dict[str, Any]:
     return {"id": event_id, "key": inbox.dedupe_key(event), "instance_id": event.instance_id,
             "event_type": event.event_type, "product_id": event.product_id,
-            "operation_time": event.operation_time, "now": now,
-            "payload": Json(event.payload), "status": _first_status(event)}
-
-
-def _first_status(event: inbox.Incoming) -> str:
-    return "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
+            "operation_time": event.operation_time, "expires_at": event.expires_at, "now": now,
+            "payload": Json(event.payload), "status": inbox.first_status(event)}
 
 
 async def _receipt(
@@ -225,28 +232,36 @@ async def _receipt(
         found = await (await conn.execute(_EXISTING, (inbox.dedupe_key(event),))).fetchone()
         assert found is not None
         return inbox.Receipt(str(found[0]), "duplicate")
-    return inbox.Receipt(str(row[0]), _first_status(event) if row[1] else "duplicate")
+    return inbox.Receipt(str(row[0]), inbox.first_status(event) if row[1] else "duplicate")
 
 
 async def _process(
-    db: Pool, conn: Connection, event_id: str, now: dt.datetime, pol: policy.Policy
+    db: Pool, conn: Connection, event_id: str, now: dt.datetime, pol: policy.Policy | None
 ) -> str:
-    """One transaction, two round trips: `BEGIN` and the locking read; writes and `COMMIT`."""
+    """One transaction: `BEGIN`, the lock and the read; the writes; `COMMIT`."""
     try:
         async with conn.pipeline():
             await conn.execute("BEGIN")
+            await conn.execute(_LOCK, {"id": event_id})
             read = await conn.execute(_READ, {"id": event_id})
         row = await read.fetchone()
         if row is None:
-            raise LookupError(f"no webhook event {event_id}")
-        if row[5] not in ("pending", "quarantined"):
+            raise errors.NotFound(f"no webhook event {event_id}")
+        if row[5] not in inbox.APPLICABLE:
             await conn.execute("ROLLBACK")
             return str(row[5])
-        status, writes = _decide(event_id, row, now, pol)
-        async with conn.pipeline():
-            await conn.execute(_WRITE, writes)
-            await conn.execute("COMMIT")
-        return status
+        made, version = _decide(row, now, pol)
+        writes = _writes(event_id, row[0], made, version, now)
+        written = await (await conn.execute(_WRITE, writes)).fetchone()
+        assert written is not None
+        if (made.subscription is not None and not written[0]) or (
+                writes["converge"] and not written[1]):
+            # the lock makes this impossible; the guards make sure it is never written blind
+            raise RuntimeError(f"instance {row[0]} changed while it was locked")
+        await conn.execute("COMMIT")
+        if made.steps:
+            convergence.log_change(convergence.Change(row[0], made.steps), dry_run=False)
+        return made.status
     except psycopg.OperationalError:
         if conn.broken:
             raise  # the caller may try again on a fresh connection
@@ -267,110 +282,62 @@ async def _failed(
 
 
 def _decide(
-    event_id: str, row: tuple[Any, ...], now: dt.datetime, pol: policy.Policy
-) -> tuple[str, dict[str, Any]]:
-    """What `inbox._apply` decides, with the same functions: the status, and the writes."""
-    (instance_id, event_type, product_id, operation_time, payload, _status, catalog_rows,
-     s_plan, s_status, s_expires, s_rev, s_time, *inst) = row
-    cat = _catalog(catalog_rows or [])
-    writes: dict[str, Any] = {
-        "id": event_id, "iid": instance_id, "now": now, "create": False, "converge": False,
-        "subscribe": False, "ledger": Jsonb([]), "applied_at": None, "bump": 0,
-        **dict.fromkeys(("c_plan", "c_total", "c_used", "c_start", "c_end", "c_rev",
-                         "c_version", "plan", "total", "used", "start", "end", "rev",
-                         "s_plan", "s_status", "s_expires", "s_rev", "s_time"))}
-
-    entries: list[dict[str, Any]] = []
-
-    def done(status: str) -> tuple[str, dict[str, Any]]:
-        writes["status"] = status
-        writes["applied_at"] = now if status == "applied" else None
-        writes["ledger"] = Jsonb([{k: v for k, v in e.items()
-                                   if k not in ("instance_id", "at", "correlation_id")}
-                                  for e in entries])
-        return status, writes
-
-    if event_type not in subscriptions.EVENT_TYPES:
-        return done("ignored")
-    plan_id: str | None = None
-    if event_type in subscriptions.PLAN_EVENTS:
-        plan = cat.resolve(product_id or "")
-        if plan is None:
-            return done("quarantined")
-        plan_id = plan.id
-    current = None if s_plan is None else subscriptions.State(
+    row: tuple[Any, ...], now: dt.datetime, pol: policy.Policy | None
+) -> tuple[decision.Decision, int | None]:
+    """`decision.decide()` on what `_READ` returned; and the instance's version."""
+    (instance_id, event_type, product_id, operation_time, expires_at, _status, catalog_rows,
+     policy_row, s_plan, s_status, s_expires, s_rev, s_time, *inst) = row
+    sub = None if s_plan is None else subscriptions.State(
         s_plan, s_status, _utc_or_none(s_expires), s_rev, _utc(s_time))
     actual = None if inst[0] is None else policy.Numbers(
         inst[0], inst[1], inst[2], inst[3], _utc(inst[4]), _utc(inst[5]), inst[6])
-    if event_type in subscriptions.PROVISIONING and actual is None:
-        values, entry = instances.new_instance(instance_id, cat.default, now, "webhook",
-                                               event_id)
-        actual = policy.Numbers(values["plan_id"], values["credits_total"],
-                                values["credits_used_month"], values["bonus_credits"],
-                                values["period_start"], values["period_end"],
-                                values["applied_rev"])
-        writes.update(create=True, c_version=0)
-        _created(writes, actual)
-        entries.append(entry)
-    expires = (payload or {}).get("expiresOn")
-    event = subscriptions.BillingEvent(
-        instance_id, event_type, _utc(operation_time), plan_id,
-        dt.datetime.fromisoformat(expires) if isinstance(expires, str) and expires else None)
-    if current is not None and event.operation_time < current.source_time:
-        return done("stale")
-    new = subscriptions.next_state(current, event, cat.default.id)
-    if new is not None:
-        writes.update(subscribe=True, s_plan=new.plan_id, s_status=new.status,
-                      s_expires=new.expires_at, s_rev=new.rev, s_time=new.source_time)
-        current = new
-    if actual is not None:
-        steps = _steps(actual, current, cat, now, pol)
-        if steps:
-            final = steps[-1].after
-            if writes["create"]:
-                writes["c_version"] = 1
-                _created(writes, final)
-            else:
-                writes.update(plan=final.plan_id, total=final.credits_total,
-                              used=final.credits_used, start=final.period_start,
-                              end=final.period_end, rev=final.applied_rev, bump=1)
-            entries += [convergence.ledger_row(instance_id, step, now, "webhook", event_id)
-                        for step in steps]
-            _log(instance_id, actual, final, steps)
-        writes["converge"] = not writes["create"]
-    return done("applied")
+    event = decision.Event(instance_id, event_type, _utc(operation_time), product_id,
+                           _utc_or_none(expires_at))
+    made = decision.decide(event, sub, actual, _catalog(catalog_rows or []), now,
+                           pol if pol is not None else policy.from_row(policy_row))
+    return made, inst[7]
 
 
-def _created(writes: dict[str, Any], numbers: policy.Numbers) -> None:
-    writes.update(c_plan=numbers.plan_id, c_total=numbers.credits_total,
-                  c_used=numbers.credits_used, c_start=numbers.period_start,
-                  c_end=numbers.period_end, c_rev=numbers.applied_rev)
+def _writes(
+    event_id: str, instance_id: str, made: decision.Decision, version: int | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The parameters of `_WRITE` that carry out `made`."""
+    final = made.final
+    created, converge = made.created is not None, made.created is None and version is not None
+    moved = converge and bool(made.steps)
+    new = made.subscription
+    rows: list[dict[str, Any]] = []
+    if made.created is not None:
+        rows.append(ledger.provision_entry(instance_id, made.created, at=now, actor="webhook",
+                                           correlation_id=event_id))
+    rows += [ledger.step_entry(instance_id, step, at=now, actor="webhook",
+                               correlation_id=event_id) for step in made.steps]
+    numbers = final if (created or moved) else None
+    return {
+        "id": event_id, "iid": instance_id, "now": now, "status": made.status,
+        "applied_at": now if made.status == "applied" else None,
+        "create": created, "converge": converge, "version": version,
+        "bump": 1 if moved else 0,
+        "c_version": 1 if made.steps else 0,
+        **{f"c_{key}": getattr(numbers, field) if created and numbers else None
+           for key, field in _NUMBER_PARAMS},
+        **{key: getattr(numbers, field) if moved and numbers else None
+           for key, field in _NUMBER_PARAMS},
+        "subscribe": new is not None,
+        "s_plan": new.plan_id if new else None, "s_status": new.status if new else None,
+        "s_expires": new.expires_at if new else None, "s_rev": new.rev if new else None,
+        "s_time": new.source_time if new else None,
+        "ledger": Jsonb([{k: v for k, v in entry.items() if k not in _FIXED_LEDGER}
+                         for entry in rows]),
+    }
 
 
-def _steps(
-    actual: policy.Numbers, sub: subscriptions.State | None, cat: plans.Catalog,
-    now: dt.datetime, pol: policy.Policy,
-) -> list[policy.Step]:
-    """`convergence.converge_in`'s decision for one instance: desired state, then steps."""
-    desired_plan, expired = policy.desired_plan_id(
-        sub.status if sub else None, sub.plan_id if sub else None,
-        sub.expires_at if sub else None, cat.default.id, now, pol.expiry_grace_period)
-    known = cat.get(desired_plan)
-    desired = policy.Desired(desired_plan, known.monthly_credits if known else None,
-                             sub.rev if sub else 0, sub.source_time if sub else None, expired)
-    return policy.transition(actual, desired, now, pol)
-
-
-def _log(instance_id: str, before: policy.Numbers, after: policy.Numbers,
-         steps: Sequence[policy.Step]) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
-    kinds = ",".join(step.kind for step in steps)
-    log.info("instance %s: %d → %d credits (plan %s, %s)", instance_id, before.credits_total,
-             after.credits_total, after.plan_id, kinds,
-             extra={"instance_id": instance_id, "kind": kinds,
-                    "credits_before": before.credits_total,
-                    "credits_after": after.credits_total, "plan": after.plan_id})
+# `_WRITE`'s parameter -> policy.Numbers field (with a `c_` prefix for a created instance)
+_NUMBER_PARAMS = (("plan", "plan_id"), ("total", "credits_total"), ("used", "credits_used"),
+                  ("start", "period_start"), ("end", "period_end"), ("rev", "applied_rev"))
+# ledger columns `_WRITE` fills from its own parameters, not from each entry
+_FIXED_LEDGER = frozenset({"instance_id", "at", "correlation_id"})
 
 
 async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
