@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from creditsync import catalog, convergence, policy, seed
+from creditsync import catalog, clock, convergence, policy, seed
 from creditsync.storage import database, schema
 
 PREFIX = "bench-"
@@ -122,7 +122,7 @@ def main() -> None:
     engine = database.create(args.database_url)
     sqlite = database.is_sqlite(engine)
     schema.upgrade(engine)
-    now = convergence.utcnow()
+    now = clock.utcnow()
     with database.write(engine) as conn:
         catalog.seed(conn, None, now)
         for table in ("ledger", "subscriptions", "instances", "usage_requests"):

@@ -47,6 +47,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from creditsync import clock
+
 HOST = "127.0.0.1"
 PLANS = ("starter", "pro", "scale")
 
@@ -341,16 +343,16 @@ def _api_agrees(port: int, workload: Workload, sample: list[tuple[str, str, str]
 def prepare_database(url: str, instances: int, prefix: str) -> None:
     import sqlalchemy as sa
 
-    from creditsync import catalog, convergence, seed
+    from creditsync import catalog, seed
     from creditsync.storage import database, schema
 
     engine = database.create(url)
     try:
         schema.upgrade(engine)
         with database.write(engine) as conn:
-            catalog.seed(conn, None, convergence.utcnow())
+            catalog.seed(conn, None, clock.utcnow())
             conn.execute(sa.text(FLOOR_TABLE))
-        seed.seed(engine, instances, 0, now=convergence.utcnow() - dt.timedelta(days=1),
+        seed.seed(engine, instances, 0, now=clock.utcnow() - dt.timedelta(days=1),
                   prefix=prefix)
     finally:
         engine.dispose()

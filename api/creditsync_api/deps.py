@@ -19,7 +19,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from creditsync import config, convergence
+from creditsync import clock, config
 from creditsync.storage import inbox_pg
 from creditsync_api import errors, metrics, tokens
 
@@ -76,7 +76,7 @@ MetricsDep = Annotated[metrics.Metrics, Depends(get_metrics)]
 
 async def get_now() -> dt.datetime:
     """The request's clock (tests override it with `app.dependency_overrides`)."""
-    return convergence.utcnow()
+    return clock.utcnow()
 
 
 NowDep = Annotated[dt.datetime, Depends(get_now)]

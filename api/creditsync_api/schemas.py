@@ -357,7 +357,7 @@ class InstanceChange(ApiModel):
     steps: list[Step]
 
     @classmethod
-    def from_core(cls, change: convergence.Change) -> Self:
+    def from_core(cls, change: policy.Change) -> Self:
         return cls(instance_id=change.instance_id, before=Numbers.from_core(change.before),
                    after=Numbers.from_core(change.after),
                    steps=[Step.from_core(step) for step in change.steps])

@@ -10,7 +10,7 @@ import datetime as dt
 
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, convergence, errors, policy, subscriptions
+from creditsync import catalog, clock, convergence, errors, policy, subscriptions
 from creditsync.storage import database
 
 
@@ -35,7 +35,7 @@ def update_instance_plan(
 
     Returns `applied`, or `stale` when a newer event was already accepted.
     """
-    now = convergence.utcnow()
+    now = clock.utcnow()
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
         cat = catalog.load(conn)

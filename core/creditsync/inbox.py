@@ -196,7 +196,7 @@ def write_decision(
     if rows:
         conn.execute(_ledger.insert(), rows)
     if steps:
-        convergence.log_change(convergence.Change(instance_id, steps), dry_run=False)
+        convergence.log_change(policy.Change(instance_id, steps), dry_run=False)
     return status
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, decision, errors, ledger, policy
+from creditsync import catalog, convergence, decision, drift, errors, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -130,7 +130,7 @@ def credits_in(
     row = conn.execute(sa.select(_i).where(_i.c.instance_id == instance_id)).first()
     if row is None:
         raise UnknownInstance(instance_id)
-    in_sync = not convergence.drifted_in(conn, [instance_id], now=now, pol=pol)
+    in_sync = not drift.drifted_in(conn, [instance_id], now=now, pol=pol)
     last_full = conn.execute(
         sa.select(sa.func.max(_runs.c.started_at)).where(
             _runs.c.scope == "all", _runs.c.error.is_(None), _runs.c.finished_at.is_not(None))

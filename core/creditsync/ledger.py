@@ -12,15 +12,39 @@ from typing import Any
 
 from creditsync import policy
 
-COLUMNS = (
-    "instance_id", "at", "kind", "actor", "correlation_id", "plan_before", "plan_after",
-    "credits_total_before", "credits_total_after", "credits_used_before", "credits_used_after",
-    "bonus_before", "bonus_after", "reason",
-)
+# column -> PostgreSQL type, for writers that stage rows in SQL of their own
+TYPES = {
+    "instance_id": "text", "at": "timestamptz", "kind": "text", "actor": "text",
+    "correlation_id": "text", "plan_before": "text", "plan_after": "text",
+    "credits_total_before": "bigint", "credits_total_after": "bigint",
+    "credits_used_before": "bigint", "credits_used_after": "bigint",
+    "bonus_before": "bigint", "bonus_after": "bigint", "reason": "text",
+}
+COLUMNS = tuple(TYPES)
+# the same for every row of one write (a batch or an event): set once by batch writers
+FIXED = ("at", "actor", "correlation_id")
+# the rest, in `COLUMNS` order: what `step_values` gives for each row
+VARYING = tuple(column for column in COLUMNS if column not in FIXED)
 
 # A new instance's row has no numbers before it.
 NOTHING = policy.Numbers("", 0, 0, 0, dt.datetime.min.replace(tzinfo=dt.UTC),
                          dt.datetime.min.replace(tzinfo=dt.UTC), 0)
+
+
+def values(
+    instance_id: str, kind: str, before: policy.Numbers | None, after: policy.Numbers,
+    reason: str | None,
+) -> tuple[Any, ...]:
+    """A row's `VARYING` columns, in order (a tuple: batch writers build millions)."""
+    old = before or NOTHING
+    return (instance_id, kind, old.plan_id if before is not None else None, after.plan_id,
+            old.credits_total, after.credits_total, old.credits_used, after.credits_used,
+            old.bonus_credits, after.bonus_credits, reason)
+
+
+def step_values(instance_id: str, step: policy.Step) -> tuple[Any, ...]:
+    """One convergence step's `VARYING` columns."""
+    return values(instance_id, step.kind, step.before, step.after, step.reason)
 
 
 def entry(
@@ -28,16 +52,9 @@ def entry(
     at: dt.datetime, actor: str, correlation_id: str | None, reason: str | None,
 ) -> dict[str, Any]:
     """The row recording `before` → `after` (`before` None: the instance is new)."""
-    old = before or NOTHING
-    return {
-        "instance_id": instance_id, "at": at, "kind": kind, "actor": actor,
-        "correlation_id": correlation_id,
-        "plan_before": old.plan_id if before is not None else None, "plan_after": after.plan_id,
-        "credits_total_before": old.credits_total, "credits_total_after": after.credits_total,
-        "credits_used_before": old.credits_used, "credits_used_after": after.credits_used,
-        "bonus_before": old.bonus_credits, "bonus_after": after.bonus_credits,
-        "reason": reason,
-    }
+    return {"at": at, "actor": actor, "correlation_id": correlation_id,
+            **dict(zip(VARYING, values(instance_id, kind, before, after, reason),
+                       strict=True))}
 
 
 def step_entry(

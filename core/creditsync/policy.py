@@ -84,6 +84,25 @@ class Step(NamedTuple):
     reason: str
 
 
+class Change(NamedTuple):
+    """Everything convergence did (or would do) to one instance: its steps, in order."""
+
+    instance_id: str
+    steps: tuple[Step, ...]
+
+    @property
+    def before(self) -> Numbers:
+        return self.steps[0].before
+
+    @property
+    def after(self) -> Numbers:
+        return self.steps[-1].after
+
+    @property
+    def kinds(self) -> str:
+        return ",".join(step.kind for step in self.steps)
+
+
 def desired_plan_id(
     status: str | None,
     plan_id: str | None,
@@ -92,7 +111,11 @@ def desired_plan_id(
     now: dt.datetime,
     grace: dt.timedelta,
 ) -> tuple[str, bool]:
-    """The plan an instance must be on now, and whether its subscription has expired."""
+    """The plan an instance must be on now, and whether its subscription has expired.
+
+    One of the two definitions of desired state; the other is the SQL of `drift.query`.
+    `tests/core/test_property.py` keeps them equal: change both together.
+    """
     if status is None or plan_id is None or status == "removed":
         return default_plan_id, False
     if expires_at is not None and now >= expires_at + grace:

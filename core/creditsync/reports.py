@@ -1,7 +1,7 @@
 """Read-only reports for admins: instance listing, the webhook inbox, and dashboard stats.
 
 Set-based SQL on SQLite and PostgreSQL; keyset pagination (no OFFSET); drift is judged by
-the engine's own query (`convergence.drift_select`), so a report never disagrees with a sync.
+the engine's own query (`drift.query`), so a report never disagrees with a sync.
 Reads never converge.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, inbox, instances, policy, policy_store
+from creditsync import catalog, drift, inbox, instances, policy, policy_store
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -109,10 +109,10 @@ def list_instances(
     """Instances ordered by id, filtered; `after` is the previous page's `next_key`."""
     with database.read(engine) as conn:
         pol = pol if pol is not None else policy_store.load(conn)
-        query, drift = convergence.drift_select(catalog.load(conn), now, pol)
+        query, drifting = drift.query(catalog.load(conn), now, pol)
         query = _with_report_columns(query)
         if drifted is not None:
-            query = query.where(drift if drifted else sa.not_(drift))
+            query = query.where(drifting if drifted else sa.not_(drifting))
         if plan:
             query = query.where(_i.c.plan_id == plan)
         if removed is not None:
@@ -133,7 +133,7 @@ def instance(
     """One instance's report; raises `instances.UnknownInstance`."""
     with database.read(engine) as conn:
         pol = pol if pol is not None else policy_store.load(conn)
-        query, _drift = convergence.drift_select(catalog.load(conn), now, pol)
+        query, _drift = drift.query(catalog.load(conn), now, pol)
         rows = conn.execute(
             _with_report_columns(query).where(_i.c.instance_id == instance_id)).all()
         if not rows:
@@ -151,17 +151,17 @@ def _reports(
     conn: Connection, rows: Sequence[sa.Row[Any]], now: dt.datetime, pol: policy.Policy
 ) -> list[InstanceReport]:
     ids = [row.instance_id for row in rows]
-    drifts = {d.instance_id: d for d in convergence.drifted_in(conn, ids, now=now, pol=pol)}
+    drifts = {d.instance_id: d for d in drift.drifted_in(conn, ids, now=now, pol=pol)}
     out: list[InstanceReport] = []
     for row in rows:
-        drift = drifts.get(row.instance_id)
+        found = drifts.get(row.instance_id)
         out.append(InstanceReport(
             instance_id=row.instance_id, plan=row.plan_id, credits_total=row.credits_total,
             bonus_credits=row.bonus_credits, credits_used=row.credits_used_month,
             credits_remaining=instances.remaining(row.credits_total, row.credits_used_month,
                                                   row.bonus_credits),
-            period_start=row.period_start, period_end=row.period_end, in_sync=drift is None,
-            drift_reason=drift.reason if drift else None, desired_plan=row.desired_plan,
+            period_start=row.period_start, period_end=row.period_end, in_sync=found is None,
+            drift_reason=found.reason if found else None, desired_plan=row.desired_plan,
             desired_credits_total=row.desired_credits,
             subscription_status=row.subscription_status, expires_at=row.expires_at,
             last_synced_at=row.last_synced_at, created_at=row.created_at,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, convergence, inbox, locks, policy
+from creditsync import alerts, clock, convergence, inbox, locks, policy
 
 log = logging.getLogger("creditsync.runner")
 
@@ -26,7 +26,7 @@ RunHook = Callable[[convergence.Summary], None]
 
 def retry_inbox(engine: Engine) -> dict[str, int]:
     """Retry the inbox events that are due; their outcomes by status."""
-    outcomes = inbox.retry_due(engine, now=convergence.utcnow())
+    outcomes = inbox.retry_due(engine, now=clock.utcnow())
     if outcomes:
         log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
     return outcomes
@@ -97,11 +97,11 @@ class Runner:
     def serve(self) -> None:
         """Run until `stopping` is set (call from a thread)."""
         self._guarded(lambda: self.converge("startup"), "start-up convergence")
-        next_run = convergence.utcnow() + self.interval
+        next_run = clock.utcnow() + self.interval
         while not self.stopping.wait(min(self.retry_every, self.interval).total_seconds()):
-            if convergence.utcnow() >= next_run:
+            if clock.utcnow() >= next_run:
                 self._guarded(lambda: self.converge("timer"), "timer convergence")
-                next_run = convergence.utcnow() + self.interval
+                next_run = clock.utcnow() + self.interval
             else:
                 self._guarded(self.retry_inbox, "inbox retry")
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import kopf
 
-from creditsync import convergence
+from creditsync import convergence, policy
 
 SAMPLE = 5
 MAX_MESSAGE = 1000
@@ -27,7 +27,7 @@ class Event:
     message: str
 
 
-def describe(change: convergence.Change) -> str:
+def describe(change: policy.Change) -> str:
     """`inst-1 (free 100 → pro 5,000)`: one instance's change, in a few words."""
     before, after = change.before, change.after
     if before.plan_id == after.plan_id and before.credits_total == after.credits_total:

@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import catalog, convergence, plans, runner
+from creditsync import catalog, clock, plans, runner
 from creditsync.storage import database
 from creditsync_operator import conditions, resources, specs, state, status
 from creditsync_operator.conditions import READY, Condition
@@ -60,7 +60,7 @@ def mirror(
     """Write the plan into the catalog."""
     shared = state.shared(memo)
     generation = meta.get("generation")
-    now = convergence.utcnow()
+    now = clock.utcnow()
     patch.status["observedGeneration"] = generation
     try:
         plan = specs.plan_of(name, spec)
@@ -94,7 +94,7 @@ def unmirror(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     shared = state.shared(memo)
     try:
         with database.write(shared.engine) as conn:
-            change = catalog.delete(conn, name, convergence.utcnow())
+            change = catalog.delete(conn, name, clock.utcnow())
     except Exception as exc:
         raise kopf.TemporaryError(
             f"cannot remove plan {name} from the catalog: {status.describe_error(exc)}",

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import alerts, convergence, inbox, policy_store, runner
+from creditsync import alerts, clock, convergence, inbox, policy_store, runner
 from creditsync.storage import database
 from creditsync_operator import conditions, events, resources, schedule, specs, state, status
 from creditsync_operator.conditions import Condition
@@ -41,7 +41,7 @@ class Outcome:
 def store_policy(shared: state.Shared, spec: specs.SyncSpec, source: str) -> None:
     """Make the spec's policy the one every process converges with (webhooks included)."""
     with database.write(shared.engine) as conn:
-        if policy_store.write(conn, spec.pol, source, convergence.utcnow()):
+        if policy_store.write(conn, spec.pol, source, clock.utcnow()):
             log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss", source,
                      spec.pol.usage_on_plan_change,
                      int(spec.pol.expiry_grace_period.total_seconds()),
@@ -112,7 +112,7 @@ def _report(
 ) -> None:
     """Write `updates`; on entering or leaving Degraded, post an Event and alert."""
     patch.fns.append(conditions.patch_fn(updates, generation=generation,
-                                         now=convergence.utcnow()))
+                                         now=clock.utcnow()))
     patch.status["observedGeneration"] = generation
     cond = status.degraded(updates)
     if cond is None:
@@ -173,7 +173,7 @@ async def converge(
         return
     schedule.succeeded(loop)
     fields = status.for_run(summary, outcome.backlog, generation=generation,
-                            now=convergence.utcnow())
+                            now=clock.utcnow())
     for key, value in fields.items():
         patch.status[key] = value
     _report(shared, loop, body, patch, status.run_conditions(summary), generation)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from creditsync import config, convergence
+from creditsync import clock, config
 from creditsync.storage import database, models
 from creditsync_api import deps, devkeys, main, tokens, wix
 from tests.conftest import _drop_pg_database, _new_pg_database, fresh_database, prepare
@@ -122,7 +122,7 @@ class Clock:
     fixed: dt.datetime | None = None
 
     def now(self) -> dt.datetime:
-        return self.fixed or convergence.utcnow()
+        return self.fixed or clock.utcnow()
 
     def set(self, moment: dt.datetime) -> None:
         self.fixed = moment

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from creditsync import config, convergence
+from creditsync import clock, config
 from creditsync.cli import serve
 from creditsync_api import devkeys, main, tokens
 from tests.api.conftest import CLI, Api, Server, server_env, settings_for
@@ -106,7 +106,7 @@ def test_access_logs_of_a_real_server_hold_no_instance_token(
     server = Server(["api", "--access-log"], server_env(url, keys), tmp_path / "server.log")
     try:
         server.wait_ready()
-        token = tokens.sign(keys.app_secret, "secrets-1", now=convergence.utcnow())
+        token = tokens.sign(keys.app_secret, "secrets-1", now=clock.utcnow())
         for path in ("/api/billing/credits", "/billing"):
             httpx.get(f"{server.url}{path}", params={"instance": token}, timeout=10)
     finally:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from creditsync import convergence
+from creditsync import drift
 from creditsync.storage import database, models
 from creditsync_api import devkeys, wix
 from tests.api.conftest import HOOK, Server, server_env
@@ -154,7 +154,7 @@ def test_every_event_answered_200_survives_a_crash_and_is_applied(
             try:
                 _wait_all_applied(engine)
                 events = _events(engine)
-                drifted = list(convergence.scan(engine))
+                drifted = list(drift.scan(engine))
                 plans_now = _plans(engine)
             finally:
                 engine.dispose()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import generate_latest
 
-from creditsync import catalog, config, convergence, policy, runner
+from creditsync import catalog, clock, config, policy, runner
 from creditsync.storage import database, schema
 from creditsync_api import main as api_main
 from creditsync_api import metrics as api_metrics
@@ -514,7 +514,7 @@ def test_the_alerts_use_metrics_the_api_exports(tmp_path: Path) -> None:
     engine = database.create(url)
     schema.upgrade(engine)
     with database.write(engine) as conn:
-        catalog.seed(conn, None, convergence.utcnow())
+        catalog.seed(conn, None, clock.utcnow())
     runner.guarded_run(engine, trigger="cli", pol=policy.from_settings(config.Settings()))
     exported: set[str] = set()
     text = generate_latest(api_metrics.Metrics(lambda: engine).registry).decode()

@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, convergence, runner, seed
+from creditsync import alerts, clock, config, convergence, runner, seed
 from tests.core.helpers import T0
 from tests.support.sinks import HttpSink, SmtpSink
 
@@ -135,7 +135,7 @@ def test_the_standalone_loop_alerts_on_drift_and_errors(engine: Engine) -> None:
     alerter = alerts.Alerter([("list", sent.append)], alerts.Throttle(dt.timedelta(0)))
     loop = runner.Runner(engine, dt.timedelta(hours=1),
                          alerter=alerter)
-    seed.seed(engine, 20, 50, now=convergence.utcnow())
+    seed.seed(engine, 20, 50, now=clock.utcnow())
     assert loop.converge("timer") is not None
     loop.on_error[0](RuntimeError("database is down"))
     assert loop.converge("timer") is not None  # nothing drifted: no drift alert, recovered

@@ -7,7 +7,7 @@ import dataclasses
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, compat, convergence, instances, plans, policy
+from creditsync import catalog, compat, convergence, drift, instances, plans, policy
 from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, RESET, T0, accept, count, hand_edit, instance
 from tests.support.ledger import assert_ledger_replays
@@ -34,7 +34,7 @@ def test_paid_instance_stuck_on_free_is_repaired_once(engine: Engine) -> None:
     assert first.changes[0].kinds == "drift_repair"
     second = converge(engine)
     assert (second.drifted, second.repaired) == (0, 0)
-    assert list(convergence.scan(engine, now=T0 + HOUR)) == []
+    assert list(drift.scan(engine, now=T0 + HOUR)) == []
 
 
 def test_purchase_before_install_gives_paid_credits_at_provisioning(engine: Engine) -> None:
@@ -86,8 +86,8 @@ def test_deleted_plan_never_downgrades_its_users(engine: Engine) -> None:
     row = instance(engine, "payer")
     assert (row.plan_id, row.credits_total) == ("pro", 5000)
     assert (summary.plan_missing, summary.repaired, summary.missing_plans) == (1, 0, {"pro"})
-    [drift] = convergence.scan(engine, now=T0 + HOUR)
-    assert (drift.instance_id, drift.reason, drift.desired_credits_total) == (
+    [found] = drift.scan(engine, now=T0 + HOUR)
+    assert (found.instance_id, found.reason, found.desired_credits_total) == (
         "payer", "plan_missing", None)
 
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, seed
+from creditsync import clock, drift, seed
 from creditsync.storage import database, models, schema
 from tests.chart import render
 from tests.support import kubelet
@@ -359,9 +359,9 @@ def test_install_notes_say_where_to_point_the_webhook_and_what_to_watch(
 
 
 def test_the_operator_converges_as_the_chart_service_account(release: Release) -> None:
-    now = convergence.utcnow()
+    now = clock.utcnow()
     drifted = seed.seed(release.engine, INSTANCES, DRIFTED_PCT, now=now)
-    assert len(list(convergence.scan(release.engine))) == drifted == 40
+    assert len(list(drift.scan(release.engine))) == drifted == 40
     operator = release.start("operator")
     assert operator.argv[1:] == ["--log-level=INFO", "--log-json", "operator",
                                  f"--namespace={NS}",
@@ -393,7 +393,7 @@ def test_the_operator_converges_as_the_chart_service_account(release: Release) -
     assert obj["status"]["drifted"] == 0
     assert obj["status"]["lastRun"]["repaired"] == drifted
     assert condition(obj, "Converged") == ("True", "InSync")
-    assert list(convergence.scan(release.engine)) == []
+    assert list(drift.scan(release.engine)) == []
     wait("the Repaired event", lambda: "Repaired" in release.kubectl(
         "get", "events", "--field-selector=involvedObject.name=creditsync"), logs=release.logs)
     wait("the drift alert at the chart's alert webhook", lambda: [
@@ -631,7 +631,7 @@ def test_all_namespaces_mode_runs_with_its_cluster_role(
         granted = _granted(rel.get("clusterrole", FULLNAME))
         assert rel.get("clusterrolebinding", FULLNAME)["subjects"] == [
             {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": ALL_NS}]
-        drifted = seed.seed(rel.engine, 50, DRIFTED_PCT, now=convergence.utcnow())
+        drifted = seed.seed(rel.engine, 50, DRIFTED_PCT, now=clock.utcnow())
         operator = rel.start("operator")
         assert "--all-namespaces" in operator.argv
 

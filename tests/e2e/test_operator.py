@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, inbox, locks, policy_store, seed
+from creditsync import clock, drift, inbox, locks, policy_store, seed
 from creditsync.storage import database, models
 from creditsync_api import devkeys, tokens, wix
 from tests.e2e.conftest import (
@@ -130,8 +130,8 @@ class System:
                                 .where(inst.c.plan_id == plan).distinct())
             return {(str(p), int(c)) for p, c in rows}
 
-    def drifted(self) -> list[convergence.Drift]:
-        return list(convergence.scan(self.engine))
+    def drifted(self) -> list[drift.Drift]:
+        return list(drift.scan(self.engine))
 
     def hand_edit(self, instance_ids: list[str], credits_total: int) -> None:
         inst = models.INSTANCES
@@ -199,7 +199,7 @@ def system(kube: KubeCluster, pg: PostgresCluster,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     url = _create_database(pg, "e2e_operator")
     engine = database.create(url)
-    seed.seed(engine, INSTANCES, DRIFTED_PCT, now=convergence.utcnow())
+    seed.seed(engine, INSTANCES, DRIFTED_PCT, now=clock.utcnow())
 
     kubectl(kube, "create", "namespace", NS, check=True)
     kubectl(kube, "apply", "-f", str(DEPLOY / "crds"), "-f", str(DEPLOY / "rbac.yaml"),
@@ -479,7 +479,7 @@ def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
 
 
 def test_due_webhooks_are_retried_and_the_backlog_is_reported(system: System) -> None:
-    now = convergence.utcnow()
+    now = clock.utcnow()
     paid = inbox.store(system.engine, inbox.Incoming(
         "seed-0000001", "PaidPlanPurchased", now, "pro", None, {}), now)
     unknown = inbox.store(system.engine, inbox.Incoming(
@@ -604,17 +604,17 @@ def test_the_creditsync_policy_governs_the_webhook_path(
             try:
                 base = f"http://127.0.0.1:{port}"
                 system.wait("the API to answer", lambda: _ok(f"{base}/healthz"))
-                now = convergence.utcnow()
+                now = clock.utcnow()
 
                 def hook(kind: str, product: str, at: dt.datetime) -> str:
                     body = wix.sign_event(keys.private_key, kind, "policy-e2e", wix.event_fields(
-                        kind, product=product, at=at), now=convergence.utcnow())
+                        kind, product=product, at=at), now=clock.utcnow())
                     answer = httpx.post(f"{base}/api/webhooks/billing", content=body)
                     assert answer.status_code == 200, answer.text
                     return str(answer.json()["status"])
 
                 auth = {"Authorization": "Bearer " + tokens.sign(
-                    keys.app_secret, "policy-e2e", now=convergence.utcnow())}
+                    keys.app_secret, "policy-e2e", now=clock.utcnow())}
                 assert hook("PaidPlanPurchased", "starter", now - dt.timedelta(hours=1)) == (
                     "applied")
                 used = httpx.post(f"{base}/api/credits/consume", headers=auth,

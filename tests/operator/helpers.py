@@ -15,9 +15,9 @@ def numbers(plan: str, credits: int) -> policy.Numbers:
 
 
 def change(instance_id: str, before: tuple[str, int], after: tuple[str, int],
-           kind: policy.Kind = "drift_repair") -> convergence.Change:
+           kind: policy.Kind = "drift_repair") -> policy.Change:
     step = policy.Step(kind, numbers(*before), numbers(*after), "test")
-    return convergence.Change(instance_id, (step,))
+    return policy.Change(instance_id, (step,))
 
 
 def summary(*, scanned: int = 10, drifted: int = 0, repaired: int = 0, failed: int = 0,

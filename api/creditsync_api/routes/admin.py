@@ -12,7 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import convergence, inbox, instances, policy_store, reports, usage
+from creditsync import convergence, drift, inbox, instances, policy_store, reports, usage
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
@@ -90,7 +90,7 @@ def instance_history(
     before: deps.Before = None,
 ) -> schemas.HistoryPage:
     """Ledger rows, newest first."""
-    if not convergence.count_instances(engine, [instance_id]):
+    if not drift.count_instances(engine, [instance_id]):
         raise instances.UnknownInstance(instance_id)
     entries = instances.history(engine, instance_id, limit=limit, before_id=before)
     return schemas.HistoryPage.from_core(entries, limit)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from creditsync import convergence, seed
+from creditsync import clock, seed
 from creditsync.cli.context import Context, pass_context
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def group() -> None:
 def seed_cmd(ctx: Context, instances: int, drifted: float, prefix: str) -> None:
     """Write N instances, round(N × PCT / 100) of them drifted, without converging."""
     ctx.require_schema()
-    count = seed.seed(ctx.engine, instances, drifted, now=convergence.utcnow(), prefix=prefix)
+    count = seed.seed(ctx.engine, instances, drifted, now=clock.utcnow(), prefix=prefix)
     click.echo(f"seeded {instances:,} instances ({count:,} drifted); "
                "`creditsync check` lists them, `creditsync sync --all` repairs them")
 
@@ -86,7 +86,7 @@ def webhook(event_type: str, instance_id: str, product: str | None,
     """
     from creditsync_api import devkeys, wix
 
-    now = convergence.utcnow()
+    now = clock.utcnow()
     when = _time(at)
     if when is None and event_type not in ("AppInstalled", "AppRemoved"):
         when = now
@@ -129,7 +129,7 @@ def token(instance_id: str, uid: str, anonymous: bool, age: int, dev_dir: Path) 
     from creditsync_api import tokens
 
     keys = _keys(dev_dir)
-    signed = convergence.utcnow() - dt.timedelta(seconds=age)
+    signed = clock.utcnow() - dt.timedelta(seconds=age)
     click.echo(tokens.sign(keys.app_secret, instance_id, now=signed,
                            uid=None if anonymous else uid,
                            aid="dev-visitor" if anonymous else None))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from creditsync import convergence
+from creditsync import convergence, drift
 from creditsync.cli.context import Context, pass_context, table
 
 CHECK_LIMIT = 50
@@ -24,8 +24,8 @@ def check(ctx: Context, as_json: bool, instance_ids: tuple[str, ...]) -> None:
     """
     ctx.require_schema()
     ids = list(instance_ids) or None
-    scanned = convergence.count_instances(ctx.engine, ids)
-    drifted = list(convergence.scan(ctx.engine, instance_ids=ids,
+    scanned = drift.count_instances(ctx.engine, ids)
+    drifted = list(drift.scan(ctx.engine, instance_ids=ids,
                                     batch_size=ctx.settings.batch_size))
     if as_json:
         click.echo(json.dumps({
@@ -66,7 +66,7 @@ def sync(ctx: Context, all_: bool, instance_ids: tuple[str, ...], dry_run: bool,
         raise click.UsageError("say what to sync: --all, or --instance ID (repeatable)")
     ctx.require_schema()
     ids = None if all_ else list(instance_ids)
-    total = sum(1 for _ in convergence.scan(ctx.engine, instance_ids=ids,
+    total = sum(1 for _ in drift.scan(ctx.engine, instance_ids=ids,
                                             batch_size=ctx.settings.batch_size))
     show_bar = total > 0 and not as_json
     with click.progressbar(length=total, label="converging", file=sys.stderr,

@@ -10,8 +10,8 @@ import click
 from creditsync import (
     alerts,
     catalog,
+    clock,
     config,
-    convergence,
     logs,
     plans,
     policy,
@@ -71,7 +71,7 @@ def seed_catalog(ctx: Context) -> bool:
     """Fill an empty catalog from CREDITSYNC_PLANS_FILE or the defaults; True if it wrote."""
     try:
         with database.write(ctx.engine) as conn:
-            return catalog.seed(conn, ctx.settings.plans_file, convergence.utcnow())
+            return catalog.seed(conn, ctx.settings.plans_file, clock.utcnow())
     except plans.CatalogError as exc:
         raise click.ClickException(
             f"CREDITSYNC_PLANS_FILE: {exc} (nothing was changed)") from exc
@@ -105,7 +105,7 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     stored = policy_store.write_from_environment(ctx.engine, policy.from_settings(ctx.settings),
-                                                 convergence.utcnow())
+                                                 clock.utcnow())
     if stored.from_creditsync:
         log.warning("converging with the policy %s wrote, not this environment's",
                     stored.source, extra={"policy_source": stored.source})

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
-from creditsync import catalog, convergence, plans
+from creditsync import catalog, clock, convergence, plans
 from creditsync.cli.context import Context, pass_context, table
 from creditsync.storage import database, models
 
@@ -53,7 +53,7 @@ def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
     except plans.CatalogError as exc:
         raise click.ClickException(f"{exc} (nothing was changed)") from exc
     with database.write(ctx.engine) as conn:
-        change = catalog.replace(conn, new, convergence.utcnow())
+        change = catalog.replace(conn, new, clock.utcnow())
     if change.touched:
         click.echo("catalog: " + "; ".join(
             f"{what} {', '.join(ids)}" for what, ids in

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from creditsync import convergence, errors, inbox
+from creditsync import clock, errors, inbox
 from creditsync.cli.context import Context, pass_context, table
 from creditsync.storage import database, models
 
@@ -44,7 +44,7 @@ def replay(ctx: Context, event_id: str) -> None:
     """Apply a failed, quarantined, pending or ignored event again."""
     ctx.require_schema()
     try:
-        status = inbox.replay(ctx.engine, event_id, now=convergence.utcnow())
+        status = inbox.replay(ctx.engine, event_id, now=clock.utcnow())
     except (errors.NotFound, errors.NotReplayable) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"event {event_id}: {status}")

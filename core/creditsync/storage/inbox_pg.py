@@ -114,19 +114,12 @@ WITH created AS (
     WHERE subscriptions.source_time <= EXCLUDED.source_time  -- never backwards
     RETURNING 1
 ), entries AS (
-    INSERT INTO ledger (instance_id, at, kind, actor, correlation_id, plan_before, plan_after,
-        credits_total_before, credits_total_after, credits_used_before, credits_used_after,
-        bonus_before, bonus_after, reason)
-    SELECT %(iid)s, %(now)s, e.kind, e.actor, %(id)s, e.plan_before, e.plan_after,
-        e.credits_total_before, e.credits_total_after, e.credits_used_before,
-        e.credits_used_after, e.bonus_before, e.bonus_after, e.reason
-    FROM ROWS FROM (jsonb_to_recordset(%(ledger)s) AS (
-        kind text, actor text, plan_before text, plan_after text,
-        credits_total_before bigint, credits_total_after bigint, credits_used_before bigint,
-        credits_used_after bigint, bonus_before bigint, bonus_after bigint, reason text))
-    WITH ORDINALITY AS e(kind, actor, plan_before, plan_after, credits_total_before,
-        credits_total_after, credits_used_before, credits_used_after, bonus_before,
-        bonus_after, reason, n)
+    INSERT INTO ledger (""" + ", ".join(ledger.COLUMNS) + """)
+    SELECT """ + ", ".join({"at": "%(now)s", "actor": "%(actor)s", "correlation_id": "%(id)s"}
+                           .get(column, f"e.{column}") for column in ledger.COLUMNS) + """
+    FROM ROWS FROM (jsonb_to_recordset(%(ledger)s) AS (""" + ", ".join(
+        f"{column} {ledger.TYPES[column]}" for column in ledger.VARYING) + """))
+    WITH ORDINALITY AS e(""" + ", ".join(ledger.VARYING) + """, n)
     ORDER BY e.n
 )
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
@@ -260,7 +253,7 @@ async def _process(
             raise RuntimeError(f"instance {row[0]} changed while it was locked")
         await conn.execute("COMMIT")
         if made.steps:
-            convergence.log_change(convergence.Change(row[0], made.steps), dry_run=False)
+            convergence.log_change(policy.Change(row[0], made.steps), dry_run=False)
         return made.status
     except psycopg.OperationalError:
         if conn.broken:
@@ -328,7 +321,8 @@ def _writes(
         "s_plan": new.plan_id if new else None, "s_status": new.status if new else None,
         "s_expires": new.expires_at if new else None, "s_rev": new.rev if new else None,
         "s_time": new.source_time if new else None,
-        "ledger": Jsonb([{k: v for k, v in entry.items() if k not in _FIXED_LEDGER}
+        "actor": "webhook",
+        "ledger": Jsonb([{k: v for k, v in entry.items() if k not in ledger.FIXED}
                          for entry in rows]),
     }
 
@@ -336,8 +330,6 @@ def _writes(
 # `_WRITE`'s parameter -> policy.Numbers field (with a `c_` prefix for a created instance)
 _NUMBER_PARAMS = (("plan", "plan_id"), ("total", "credits_total"), ("used", "credits_used"),
                   ("start", "period_start"), ("end", "period_end"), ("rev", "applied_rev"))
-# ledger columns `_WRITE` fills from its own parameters, not from each entry
-_FIXED_LEDGER = frozenset({"instance_id", "at", "correlation_id"})
 
 
 async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
