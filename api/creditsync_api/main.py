@@ -19,13 +19,23 @@ from sqlalchemy.engine import Engine
 from creditsync import config
 from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import deps, errors, limits, metrics, wix
-from creditsync_api.routes import admin, billing, credits, health, pages, plans, provision, webhooks
+from creditsync_api.routes import (
+    admin,
+    billing,
+    credits,
+    health,
+    pages,
+    plans,
+    provision,
+    vocabulary,
+    webhooks,
+)
 
 POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
 ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
 ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
-           health.router, plans.router, pages.router)
+           health.router, plans.router, vocabulary.router, pages.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.

@@ -12,12 +12,20 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
-from creditsync import config, convergence, instances, manual, policy, policy_store, reports, usage
+from creditsync import (
+    config,
+    convergence,
+    enums,
+    instances,
+    manual,
+    policy,
+    policy_store,
+    reports,
+    usage,
+)
 
-WebhookStatus = Literal[
-    "applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending"]
-LedgerKind = Literal[
-    "provision", "plan_change", "drift_repair", "period_reset", "usage", "adjustment", "expiry"]
+WebhookStatus = enums.EventStatus
+LedgerKind = enums.LedgerKind
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
@@ -268,7 +276,7 @@ class AdminInstance(Credits):
     desired_plan: str
     desired_credits_total: int | None = Field(
         description="Null when the desired plan is missing from the catalog.")
-    subscription_status: Literal["active", "cancelled", "removed"] | None
+    subscription_status: enums.SubscriptionStatus | None
     expires_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -482,7 +490,7 @@ class Policy(ApiModel):
     model_config = _example(usageOnPlanChange="Preserve", expiryGracePeriod="1d",
                             expiryGracePeriodSeconds=86400,
                             source="CreditSync creditsync/creditsync", updatedAt=_T0)
-    usage_on_plan_change: Literal["Reset", "Preserve"] = Field(
+    usage_on_plan_change: enums.UsagePolicy = Field(
         description="What a purchase or plan change does to the period's usage.")
     expiry_grace_period: str = Field(description="How long a cancelled plan outlives its "
                                                  "expiry, as a duration (`0s`, `1d`).")

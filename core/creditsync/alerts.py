@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 
-from creditsync import config, convergence, inbox
+from creditsync import config, convergence, enums, inbox
 
 log = logging.getLogger("creditsync.alerts")
 
@@ -307,7 +307,7 @@ def for_backlog(before: Mapping[str, int] | None, after: Mapping[str, int]) -> l
     """Webhooks newly failed or quarantined since `before` (None: since nothing)."""
     grown = {
         status: after.get(status, 0) - (before or {}).get(status, 0)
-        for status in ("failed", "quarantined")
+        for status in (enums.EventStatus.FAILED, enums.EventStatus.QUARANTINED)
     }
     grown = {status: n for status, n in grown.items() if n > 0}
     if not grown:

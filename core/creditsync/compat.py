@@ -10,7 +10,7 @@ import datetime as dt
 
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, clock, convergence, errors, policy, subscriptions
+from creditsync import catalog, clock, convergence, enums, errors, policy, subscriptions
 from creditsync.storage import database
 
 
@@ -18,13 +18,13 @@ def sync_instance_credits(
     engine: Engine, instance_id: str, pol: policy.Policy | None = None
 ) -> convergence.Summary:
     """Converge one instance now (the "Sync Credits" button)."""
-    return convergence.converge(engine, trigger="manual", actor="manual",
+    return convergence.converge(engine, trigger="manual", actor=enums.Actor.MANUAL,
                                 instance_ids=[instance_id], pol=pol)
 
 
 def sync_all_instance_credits(engine: Engine, pol: policy.Policy | None = None) -> int:
     """Converge every instance; returns how many were repaired."""
-    return convergence.converge(engine, trigger="cli", actor="cli", pol=pol).repaired
+    return convergence.converge(engine, trigger="cli", actor=enums.Actor.CLI, pol=pol).repaired
 
 
 def update_instance_plan(
@@ -45,8 +45,8 @@ def update_instance_plan(
                                   + ", ".join(p.id for p in cat.plans))
         event = subscriptions.BillingEvent(instance_id, "PaidPlanChanged", event_time, plan.id)
         outcome = subscriptions.accept(conn, event, cat.default.id, now)
-        if outcome == "applied":
-            convergence.converge_in(conn, [instance_id], trigger="manual", actor="manual",
+        if outcome == enums.EventStatus.APPLIED:
+            convergence.converge_in(conn, [instance_id], trigger="manual", actor=enums.Actor.MANUAL,
                                     correlation_id=f"plan:{instance_id}:{event_time.isoformat()}",
                                     now=now, pol=pol)
     return outcome

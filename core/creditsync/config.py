@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from creditsync import errors
+from creditsync import enums, errors
 
 DEFAULT_DATABASE_URL = "sqlite:///./creditsync.db"
-USAGE_POLICIES = ("Reset", "Preserve")
+USAGE_POLICIES = tuple(policy.value for policy in enums.UsagePolicy)
 MIN_ADMIN_TOKEN = 16  # characters; `openssl rand -hex 32` makes 64
 # shown as '***' by `Settings.__repr__`: secrets (and any field named like one added later),
 # and URLs that carry credentials

@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from creditsync import plans, policy, subscriptions
+from creditsync import enums, plans, policy, subscriptions
+
+Status = enums.EventStatus
 
 
 @dataclass(frozen=True)
@@ -83,23 +85,23 @@ def decide(
 ) -> Decision:
     """The status of `event` and what it changes, given everything as read under the lock."""
     if event.event_type not in subscriptions.EVENT_TYPES:
-        return Decision("ignored")
+        return Decision(Status.IGNORED)
     plan_id: str | None = None
     if event.event_type in subscriptions.PLAN_EVENTS:
         plan = cat.resolve(event.product_id or "")
         if plan is None:
-            return Decision("quarantined")
+            return Decision(Status.QUARANTINED)
         plan_id = plan.id
     created = None
     if instance is None and event.event_type in subscriptions.PROVISIONING:
         # only an installed app can be bought: a purchase provisions its instance
         created = instance = first_numbers(cat.default, now)
     if subscription is not None and event.operation_time < subscription.source_time:
-        return Decision("stale", created)
+        return Decision(Status.STALE, created)
     billing = subscriptions.BillingEvent(event.instance_id, event.event_type,
                                          event.operation_time, plan_id, event.expires_at)
     new = subscriptions.next_state(subscription, billing, cat.default.id)
     sub = new or subscription
     steps = () if instance is None else tuple(
         policy.transition(instance, desired(sub, cat, now, pol), now, pol))
-    return Decision("applied", created, new, steps)
+    return Decision(Status.APPLIED, created, new, steps)

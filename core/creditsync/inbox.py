@@ -27,6 +27,7 @@ from creditsync import (
     catalog,
     convergence,
     decision,
+    enums,
     errors,
     instances,
     ledger,
@@ -36,15 +37,17 @@ from creditsync import (
 )
 from creditsync.storage import database, models
 
+Status = enums.EventStatus
+
 log = logging.getLogger("creditsync.inbox")
 _e = models.WEBHOOK_EVENTS
 _i = models.INSTANCES
 _ledger = models.LEDGER
 
 MAX_ATTEMPTS = 8
-STATUSES = ("applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending")
-REPLAYABLE = frozenset({"failed", "quarantined", "pending", "ignored"})
-APPLICABLE = frozenset({"pending", "quarantined"})
+STATUSES = tuple(enums.EventStatus)
+REPLAYABLE = enums.REPLAYABLE
+APPLICABLE = enums.APPLICABLE
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def dedupe_key(event: Incoming) -> str:
 
 def first_status(event: Incoming) -> str:
     """`pending` until applied; `ignored` at once for an event type nobody acts on."""
-    return "pending" if event.event_type in subscriptions.EVENT_TYPES else "ignored"
+    return Status.PENDING if event.event_type in subscriptions.EVENT_TYPES else Status.IGNORED
 
 
 def backoff(attempts: int) -> dt.timedelta:
@@ -94,7 +97,7 @@ def store(engine: Engine, event: Incoming, now: dt.datetime) -> Receipt:
         with database.write(engine) as conn:
             existing = conn.execute(sa.select(_e.c.id).where(_e.c.dedupe_key == key)).first()
             if existing is not None:
-                return Receipt(existing.id, "duplicate")
+                return Receipt(existing.id, Status.DUPLICATE)
             conn.execute(_e.insert().values(
                 id=event_id, dedupe_key=key, instance_id=event.instance_id,
                 event_type=event.event_type, product_id=event.product_id,
@@ -104,7 +107,7 @@ def store(engine: Engine, event: Incoming, now: dt.datetime) -> Receipt:
     except IntegrityError:  # the same event raced in on another connection
         with database.read(engine) as conn:
             return Receipt(conn.execute(sa.select(_e.c.id).where(_e.c.dedupe_key == key))
-                           .scalar_one(), "duplicate")
+                           .scalar_one(), Status.DUPLICATE)
     return Receipt(event_id, status)
 
 
@@ -113,7 +116,7 @@ def ingest(
 ) -> Receipt:
     """Store, then apply at once; a failed apply stays `pending` for the retry loop."""
     receipt = store(engine, event, now)
-    if receipt.status != "pending":
+    if receipt.status != Status.PENDING:
         return receipt
     return Receipt(receipt.event_id, process(engine, receipt.event_id, now=now, pol=pol))
 
@@ -147,10 +150,10 @@ def process(
                 found[0] if found else None, catalog.load(conn), now,
                 pol if pol is not None else policy_store.load(conn))
             status = write_decision(conn, row.instance_id, made, found[1] if found else None,
-                                    now=now, actor="webhook", correlation_id=event_id)
+                                    now=now, actor=enums.Actor.WEBHOOK, correlation_id=event_id)
             conn.execute(_e.update().where(_e.c.id == event_id).values(
                 status=status, attempts=_e.c.attempts + 1, last_error=None,
-                next_attempt_at=None, applied_at=now if status == "applied" else None))
+                next_attempt_at=None, applied_at=now if status == Status.APPLIED else None))
             return status
     except errors.NotFound:
         raise
@@ -170,7 +173,7 @@ def write_decision(
     status, steps = made.status, made.steps
     if made.subscription is not None and not subscriptions.write(
             conn, instance_id, made.subscription, now):
-        status, steps = "stale", ()
+        status, steps = Status.STALE, ()
     rows: list[dict[str, Any]] = []
     if made.created is not None:
         rows.append(ledger.provision_entry(instance_id, made.created, at=now, actor=actor,
@@ -208,15 +211,15 @@ def _record_failure(engine: Engine, event_id: str, now: dt.datetime, exc: Except
         with database.write(engine) as conn:
             attempts = conn.execute(sa.select(_e.c.attempts).where(_e.c.id == event_id)
                                     ).scalar_one() + 1
-            status = "failed" if attempts >= MAX_ATTEMPTS else "pending"
+            status = Status.FAILED if attempts >= MAX_ATTEMPTS else Status.PENDING
             conn.execute(_e.update().where(_e.c.id == event_id).values(
                 status=status, attempts=attempts, last_error=error,
-                next_attempt_at=None if status == "failed" else now + backoff(attempts)))
+                next_attempt_at=None if status == Status.FAILED else now + backoff(attempts)))
             return status
     except Exception:  # the database is gone: the event is stored, the loop retries it
         log.warning("could not record the failure of webhook %s; the retry loop will apply "
                     "it", event_id, extra={"event_id": event_id})
-        return "pending"
+        return Status.PENDING
 
 
 def due(conn: sa.Connection, now: dt.datetime, limit: int) -> list[str]:
@@ -229,11 +232,11 @@ def due(conn: sa.Connection, now: dt.datetime, limit: int) -> list[str]:
                     for name in (plan.id, *plan.aliases)})
     pending = conn.execute(
         sa.select(_e.c.id, _e.c.operation_time)
-        .where(_e.c.status == "pending", _e.c.next_attempt_at <= now)
+        .where(_e.c.status == Status.PENDING, _e.c.next_attempt_at <= now)
         .order_by(_e.c.next_attempt_at).limit(limit)).all()
     quarantined = conn.execute(
         sa.select(_e.c.id, _e.c.operation_time)
-        .where(_e.c.status == "quarantined", _e.c.product_id.in_(known))
+        .where(_e.c.status == Status.QUARANTINED, _e.c.product_id.in_(known))
         .order_by(_e.c.operation_time).limit(limit)).all() if known else []
     # oldest first across both kinds, so an instance's events apply in their own order
     return [row.id for row in sorted([*pending, *quarantined], key=lambda r: r.operation_time)]
@@ -267,7 +270,7 @@ def replay(
                 "ignored events can be replayed"
             )
         conn.execute(_e.update().where(_e.c.id == event_id).values(
-            status="pending", attempts=0, next_attempt_at=now, last_error=None))
+            status=Status.PENDING, attempts=0, next_attempt_at=now, last_error=None))
     return process(engine, event_id, now=now, pol=pol)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, convergence, decision, drift, errors, ledger, policy
+from creditsync import catalog, convergence, decision, drift, enums, errors, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -66,7 +66,7 @@ def remaining(credits_total: int, credits_used: int, bonus: int) -> int:
 
 def provision(
     engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None,
-    actor: policy.Actor = "provision", correlation_id: str | None = None,
+    actor: policy.Actor = enums.Actor.PROVISION, correlation_id: str | None = None,
 ) -> convergence.Summary:
     """Create the instance if new (on the default plan), then converge it at once.
 

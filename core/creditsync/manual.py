@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, errors, instances, policy
+from creditsync import convergence, enums, errors, instances, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -72,7 +72,7 @@ def sync_instance(
     if interval is not None:
         claim_window(engine, instance_id, now, interval)
     before = instances.credits(engine, instance_id, now=now, pol=pol)
-    summary = convergence.converge(engine, trigger="manual", actor="manual",
+    summary = convergence.converge(engine, trigger="manual", actor=enums.Actor.MANUAL,
                                    instance_ids=[instance_id], now=now, pol=pol)
     after = instances.credits(engine, instance_id, now=now, pol=pol)
     return Resync(before, after, summary)

@@ -11,32 +11,29 @@ import calendar
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+from creditsync import enums
 
 if TYPE_CHECKING:
     from creditsync import config
 
-UsagePolicy = Literal["Reset", "Preserve"]
-Kind = Literal[
-    "provision", "plan_change", "drift_repair", "period_reset", "usage", "adjustment", "expiry"
-]
-# who changed an instance's numbers; `app`: the app's own usage (a consume, and the monthly
-# reset a consume found due)
-Actor = Literal["webhook", "timer", "manual", "provision", "admin", "cli", "app"]
+UsagePolicy = enums.UsagePolicy
+Kind = enums.LedgerKind
+Actor = enums.Actor
 
 
 @dataclass(frozen=True)
 class Policy:
     """How convergence treats usage and expiry (the `CreditSync` spec's knobs)."""
 
-    usage_on_plan_change: UsagePolicy = "Reset"
+    usage_on_plan_change: UsagePolicy = UsagePolicy.RESET
     expiry_grace_period: dt.timedelta = dt.timedelta(0)
 
 
 def from_settings(settings: config.Settings) -> Policy:
     """The policy standalone `creditsync run` stores from its environment."""
-    usage: UsagePolicy = "Preserve" if settings.usage_on_plan_change == "Preserve" else "Reset"
-    return Policy(usage, settings.expiry_grace_period)
+    return Policy(UsagePolicy(settings.usage_on_plan_change), settings.expiry_grace_period)
 
 
 def from_row(row: Sequence[object] | None) -> Policy:
@@ -44,7 +41,7 @@ def from_row(row: Sequence[object] | None) -> Policy:
     built-in defaults)."""
     if row is None:
         return Policy()
-    usage: UsagePolicy = "Preserve" if row[0] == "Preserve" else "Reset"
+    usage = UsagePolicy.PRESERVE if row[0] == UsagePolicy.PRESERVE else UsagePolicy.RESET
     seconds = row[1]
     assert isinstance(seconds, int | float | str)
     return Policy(usage, dt.timedelta(seconds=int(seconds)))
@@ -158,7 +155,7 @@ def transition(
     current = actual
     if desired.credits_total is not None:
         if current.applied_rev != desired.rev:
-            if policy.usage_on_plan_change == "Reset":
+            if policy.usage_on_plan_change == UsagePolicy.RESET:
                 # the period starts at the purchase; never in the future (clock skew)
                 start = min(desired.event_time or now, now)
                 used, period = 0, (start, add_months(start, 1))
@@ -166,7 +163,7 @@ def transition(
                 used, period = current.credits_used, (current.period_start, current.period_end)
             target = Numbers(desired.plan_id, desired.credits_total, used,
                              current.bonus_credits, *period, desired.rev)
-            steps.append(Step("plan_change", current, target,
+            steps.append(Step(Kind.PLAN_CHANGE, current, target,
                               f"accepted subscription change (rev {desired.rev})"))
             current = target
         elif current.plan_id != desired.plan_id or current.credits_total != desired.credits_total:
@@ -174,16 +171,16 @@ def transition(
                              current.bonus_credits, current.period_start, current.period_end,
                              current.applied_rev)
             if desired.expired:
-                steps.append(Step("expiry", current, target, "subscription expired"))
+                steps.append(Step(Kind.EXPIRY, current, target, "subscription expired"))
             else:
-                steps.append(Step("drift_repair", current, target,
+                steps.append(Step(Kind.DRIFT_REPAIR, current, target,
                                   _drift_reason(current, desired.plan_id, desired.credits_total)))
             current = target
     if now >= current.period_end:
         start, end = current_period(current.period_end, now)
         target = Numbers(current.plan_id, current.credits_total, 0, current.bonus_credits,
                          start, end, current.applied_rev)
-        steps.append(Step("period_reset", current, target, "monthly period ended"))
+        steps.append(Step(Kind.PERIOD_RESET, current, target, "monthly period ended"))
     return steps
 
 

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, drift, inbox, instances, policy, policy_store
+from creditsync import catalog, drift, enums, inbox, instances, policy, policy_store
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -259,7 +259,7 @@ def _as_date(value: object) -> dt.date:
     return dt.date.fromisoformat(str(value))
 
 
-BACKLOG = ("pending", "quarantined", "failed")
+BACKLOG = enums.BACKLOG
 
 
 def inbox_backlog(engine: Engine) -> dict[str, int]:

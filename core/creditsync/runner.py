@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, clock, convergence, inbox, locks, policy
+from creditsync import alerts, clock, convergence, enums, inbox, locks, policy
 
 log = logging.getLogger("creditsync.runner")
 
@@ -39,7 +39,7 @@ def guarded_run(
     batch_size: int = 5000,
     pol: policy.Policy | None = None,
     dry_run: bool = False,
-    actor: policy.Actor = "timer",
+    actor: policy.Actor = enums.Actor.TIMER,
 ) -> convergence.Summary | None:
     """Retry due inbox events, then converge everything, holding the convergence lock.
 

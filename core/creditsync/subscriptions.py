@@ -17,8 +17,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from creditsync import errors
+from creditsync import enums, errors
 from creditsync.storage import models
+
+Status = enums.EventStatus
 
 _s = models.SUBSCRIPTIONS
 
@@ -34,7 +36,7 @@ EVENT_TYPES = PLAN_EVENTS | {INSTALLED, REMOVED}
 # An install, or a purchase (only an installed app can be bought): the instance exists after
 PROVISIONING = PURCHASES | {INSTALLED}
 
-Outcome = Literal["applied", "stale"]
+Outcome = Literal[Status.APPLIED, Status.STALE]
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,8 @@ def accept(
     """
     current = get(conn, event.instance_id)
     if current is not None and event.operation_time < current.source_time:
-        return "stale"
+        return Status.STALE
     new = next_state(current, event, default_plan_id)
     if new is None:
-        return "applied"
-    return "applied" if write(conn, event.instance_id, new, now) else "stale"
+        return Status.APPLIED
+    return Status.APPLIED if write(conn, event.instance_id, new, now) else Status.STALE

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import convergence, errors, instances, ledger, policy
+from creditsync import convergence, enums, errors, instances, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -59,7 +59,7 @@ def consume(
             return Consumption(instance_id, seen.amount, seen.from_plan, seen.from_bonus,
                                seen.remaining_after, replayed=True)
         if row.period_end <= now:  # the monthly reset is due: apply it before charging
-            convergence.converge_in(conn, [instance_id], trigger="usage", actor="app",
+            convergence.converge_in(conn, [instance_id], trigger="usage", actor=enums.Actor.APP,
                                     correlation_id=idempotency_key, now=now, pol=pol)
             row = _locked(conn, instance_id)
         plan_left = max(row.credits_total - row.credits_used_month, 0)
@@ -75,7 +75,7 @@ def consume(
             credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
             version=_i.c.version + 1, updated_at=now))
         conn.execute(_ledger.insert().values(**ledger.entry(
-            instance_id, "usage", before, after, at=now, actor="app",
+            instance_id, "usage", before, after, at=now, actor=enums.Actor.APP,
             correlation_id=idempotency_key, reason=None)))
         result = Consumption(instance_id, amount, from_plan, from_bonus, left - amount)
         conn.execute(_keys.insert().values(
@@ -87,7 +87,7 @@ def consume(
 
 def adjust_bonus(
     engine: Engine, instance_id: str, delta: int, reason: str, *, now: dt.datetime,
-    actor: policy.Actor = "admin",
+    actor: policy.Actor = enums.Actor.ADMIN,
 ) -> instances.HistoryEntry:
     """Grant (or take back) bonus credits; the reconciler never touches them."""
     if not reason or not reason.strip():

@@ -65,7 +65,7 @@ def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
     return SyncSpec(
         interval=interval,
         batch_size=batch,
-        pol=policy.Policy("Preserve" if usage == "Preserve" else "Reset", grace),
+        pol=policy.Policy(policy.UsagePolicy(usage), grace),
         suspend=flags["suspend"],
         dry_run=flags["dryRun"],
     )

@@ -14,13 +14,13 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from creditsync import convergence
+from creditsync import convergence, enums
 from creditsync.storage import database
 from creditsync_operator import conditions
 from creditsync_operator.conditions import CONVERGED, DEGRADED, READY, Condition
 
 MAX_MESSAGE = 600
-BACKLOG = ("pending", "quarantined", "failed")
+BACKLOG = enums.BACKLOG
 
 # why a run could not happen
 DATABASE_UNAVAILABLE = "DatabaseUnavailable"

@@ -12,7 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import convergence, drift, inbox, instances, policy_store, reports, usage
+from creditsync import convergence, drift, enums, inbox, instances, policy_store, reports, usage
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
@@ -121,7 +121,7 @@ def sync(
     """Converge the listed instances, or all; with `dryRun` nothing is written and the
     answer is the diff that would be applied (at most 1,000 instances listed)."""
     summary = convergence.converge(
-        engine, trigger="manual", actor="admin",
+        engine, trigger="manual", actor=enums.Actor.ADMIN,
         instance_ids=None if body.all else body.instance_ids, dry_run=body.dry_run, now=now,
         batch_size=state.settings.batch_size)
     state.metrics.observe_run(summary)

@@ -24,7 +24,7 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from sqlalchemy.engine import Engine
 
-from creditsync import inbox
+from creditsync import enums, inbox
 from creditsync.storage import inbox_pg
 from creditsync_api import errors, schemas, wix
 from creditsync_api.deps import EngineDep, NowDep, State, StateDep
@@ -114,11 +114,11 @@ async def _ingest_async(
         task.cancel()  # not stored in time: not acknowledged, the marketplace retries
         raise errors.unavailable_error()
     receipt = stored.result()
-    if receipt.status != "pending":
+    if receipt.status != enums.EventStatus.PENDING:
         return receipt, receipt.status
     # past the budget the apply goes on in the background; the event is already stored
     done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0))
-    return receipt, task.result().status if done else "pending"
+    return receipt, task.result().status if done else enums.EventStatus.PENDING
 
 
 async def _ingest_in_threads(
@@ -134,7 +134,7 @@ async def _ingest_in_threads(
     if receipt is None:  # not stored in time: not acknowledged, the marketplace retries
         raise errors.unavailable_error()
     status = receipt.status
-    if status == "pending":
+    if status == enums.EventStatus.PENDING:
         apply = functools.partial(inbox.process, engine, receipt.event_id, now=now)
         with anyio.move_on_after(deadline - anyio.current_time()):
             status = await anyio.to_thread.run_sync(apply, limiter=state.db_threads,

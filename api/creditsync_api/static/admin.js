@@ -13,8 +13,9 @@ const TOKEN_KEY = "creditsync.adminToken";
 const INSTANCES_PAGE = 25;
 const WEBHOOKS_PAGE = 20;
 const HISTORY_PAGE = 10;
-const STATUSES = ["applied", "duplicate", "stale", "ignored", "quarantined", "failed", "pending"];
-const REPLAYABLE = new Set(["failed", "quarantined", "pending", "ignored"]);
+// inbox statuses come from GET /api/vocabulary (the core's enums), never a copy here
+let STATUSES = [];
+let REPLAYABLE = new Set();
 const STATUS_COLORS = { applied: "#1a7f37", duplicate: "#57606a", stale: "#6e5494",
   ignored: "#6a737d", quarantined: "#b35900", failed: "#b3261e", pending: "#0b5cad" };
 const STATUS_PILLS = { applied: "ok", duplicate: "neutral", stale: "neutral", ignored: "neutral",
@@ -756,8 +757,20 @@ function wire() {
   }
 }
 
+async function loadVocabulary() {
+  const words = await api("/api/vocabulary");
+  STATUSES = words.webhookStatuses;
+  REPLAYABLE = new Set(words.replayable);
+  const backlog = new Set(words.backlog);
+  const ordered = [...words.backlog, ...STATUSES.filter((s) => !backlog.has(s))];
+  const select = $("#wh-status");
+  fill(select, h("option", { value: "" }, "All events"), ordered.map((status) =>
+    h("option", { value: status }, status.charAt(0).toUpperCase() + status.slice(1))));
+}
+
 async function start() {
   wire();
+  await loadVocabulary();
   if (!token) {
     $("#signin").hidden = false;
     $("#token").focus();

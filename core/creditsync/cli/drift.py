@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from creditsync import convergence, drift
+from creditsync import convergence, drift, enums
 from creditsync.cli.context import Context, pass_context, table
 
 CHECK_LIMIT = 50
@@ -72,7 +72,7 @@ def sync(ctx: Context, all_: bool, instance_ids: tuple[str, ...], dry_run: bool,
     with click.progressbar(length=total, label="converging", file=sys.stderr,
                            hidden=not show_bar) as bar:
         summary = convergence.converge(
-            ctx.engine, trigger="cli", actor="cli", instance_ids=ids, dry_run=dry_run,
+            ctx.engine, trigger="cli", actor=enums.Actor.CLI, instance_ids=ids, dry_run=dry_run,
             batch_size=ctx.settings.batch_size, progress=bar.update)
     if as_json:
         click.echo(json.dumps({

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
-from creditsync import catalog, clock, convergence, plans
+from creditsync import catalog, clock, convergence, enums, plans
 from creditsync.cli.context import Context, pass_context, table
 from creditsync.storage import database, models
 
@@ -65,7 +65,7 @@ def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
         click.echo("not converged (--no-sync): run `creditsync sync --all` when ready")
         return
     # converged whether or not the catalog changed: what it leaves behind must match it
-    summary = convergence.converge(ctx.engine, trigger="plan_change", actor="cli",
+    summary = convergence.converge(ctx.engine, trigger="plan_change", actor=enums.Actor.CLI,
                                    batch_size=ctx.settings.batch_size)
     click.echo(f"converged: repaired {summary.repaired:,} of {summary.scanned:,} instances"
                + (f"; {summary.plan_missing:,} on removed plans left as they are"

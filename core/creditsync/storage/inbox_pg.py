@@ -26,8 +26,20 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from creditsync import convergence, decision, errors, inbox, ledger, plans, policy, subscriptions
+from creditsync import (
+    convergence,
+    decision,
+    enums,
+    errors,
+    inbox,
+    ledger,
+    plans,
+    policy,
+    subscriptions,
+)
 from creditsync.storage import database
+
+Status = enums.EventStatus
 
 log = logging.getLogger("creditsync.inbox")
 
@@ -169,7 +181,7 @@ async def ingest(
                     receipt = await _store(conn, event, now)
                     if on_stored is not None:
                         on_stored(receipt)
-                if receipt.status != "pending":
+                if receipt.status != Status.PENDING:
                     return receipt
                 return inbox.Receipt(receipt.event_id,
                                      await _process(db, conn, receipt.event_id, now, pol))
@@ -224,8 +236,8 @@ async def _receipt(
     if row is None:  # the duplicate committed after this statement's snapshot
         found = await (await conn.execute(_EXISTING, (inbox.dedupe_key(event),))).fetchone()
         assert found is not None
-        return inbox.Receipt(str(found[0]), "duplicate")
-    return inbox.Receipt(str(row[0]), inbox.first_status(event) if row[1] else "duplicate")
+        return inbox.Receipt(str(found[0]), Status.DUPLICATE)
+    return inbox.Receipt(str(row[0]), inbox.first_status(event) if row[1] else Status.DUPLICATE)
 
 
 async def _process(
@@ -302,14 +314,14 @@ def _writes(
     new = made.subscription
     rows: list[dict[str, Any]] = []
     if made.created is not None:
-        rows.append(ledger.provision_entry(instance_id, made.created, at=now, actor="webhook",
-                                           correlation_id=event_id))
-    rows += [ledger.step_entry(instance_id, step, at=now, actor="webhook",
+        rows.append(ledger.provision_entry(instance_id, made.created, at=now,
+                                           actor=enums.Actor.WEBHOOK, correlation_id=event_id))
+    rows += [ledger.step_entry(instance_id, step, at=now, actor=enums.Actor.WEBHOOK,
                                correlation_id=event_id) for step in made.steps]
     numbers = final if (created or moved) else None
     return {
         "id": event_id, "iid": instance_id, "now": now, "status": made.status,
-        "applied_at": now if made.status == "applied" else None,
+        "applied_at": now if made.status == Status.APPLIED else None,
         "create": created, "converge": converge, "version": version,
         "bump": 1 if moved else 0,
         "c_version": 1 if made.steps else 0,
@@ -343,13 +355,13 @@ async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
                 "SELECT attempts FROM webhook_events WHERE id = %s FOR UPDATE", (event_id,)
             )).fetchone()
             attempts = (row[0] if row else 0) + 1
-            status = "failed" if attempts >= inbox.MAX_ATTEMPTS else "pending"
-            retry = None if status == "failed" else now + inbox.backoff(attempts)
+            status = Status.FAILED if attempts >= inbox.MAX_ATTEMPTS else Status.PENDING
+            retry = None if status == Status.FAILED else now + inbox.backoff(attempts)
             await conn.execute(_FAILED, (status, attempts, error, retry, event_id))
             return status
     except Exception:  # the database is gone: the event is stored, the loop retries it
         log.exception("could not record the failure of webhook %s", event_id)
-        return "pending"
+        return Status.PENDING
 
 
 def _catalog(rows: Sequence[Sequence[Any]]) -> plans.Catalog:
