@@ -34,7 +34,6 @@ class State:
     settings: config.Settings
     wix_key: rsa.RSAPublicKey
     metrics: metrics.Metrics
-    pool_size: int
     engine: Engine | None = None
     db_threads: anyio.CapacityLimiter | None = None
     pg_pool: inbox_pg.Pool | None = None  # the webhook's async path, on PostgreSQL

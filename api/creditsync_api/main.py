@@ -16,8 +16,8 @@ import anyio
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from creditsync import config
-from creditsync.storage import database, inbox_pg, schema
+from creditsync import config, factory
+from creditsync.storage import database, inbox_pg
 from creditsync_api import deps, errors, limits, metrics, wix
 from creditsync_api.routes import (
     admin,
@@ -63,17 +63,17 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
     """The API for `settings`; raises `config.ConfigError` when a secret is missing."""
     settings.require_secrets()
     assert settings.wix_public_key is not None
+    made = factory.Factory(settings, pool_size=POOL_SIZE, given_engine=engine)
     state = deps.State(
         settings=settings,
         wix_key=wix.load_public_key(settings.wix_public_key),
-        metrics=metrics.Metrics(lambda: deps.require_engine(state)), pool_size=POOL_SIZE)
+        metrics=metrics.Metrics(lambda: deps.require_engine(state)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        owned = engine is None
-        state.engine = engine or database.create(settings.database_url, pool_size=POOL_SIZE)
+        state.engine = made.engine
         try:
-            await anyio.to_thread.run_sync(schema.require_current, state.engine)
+            await anyio.to_thread.run_sync(made.require_schema)
             state.db_threads = anyio.CapacityLimiter(POOL_SIZE)
             if not database.is_sqlite(state.engine):
                 state.pg_pool = inbox_pg.pool(
@@ -86,8 +86,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
             if state.pg_pool is not None:
                 await state.pg_pool.close()
                 state.pg_pool = None
-            if owned:
-                state.engine.dispose()
+            made.close()
             state.engine = None
 
     app = FastAPI(title="creditsync", summary="Credits that always match the plan.",

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import alerts, config
+from creditsync import config, factory
 from creditsync.storage import database, schema
 from creditsync_operator import resources, state, status
 
@@ -46,22 +46,22 @@ def configure(settings: kopf.OperatorSettings) -> None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
     try:
-        cfg = config.from_env()
-        alerter = alerts.from_settings(cfg, source=resources.COMPONENT)
+        made = factory.Factory.standalone()
+        alerter = made.alerter(source=resources.COMPONENT)
     except config.ConfigError as exc:
         raise kopf.PermanentError(str(exc)) from exc
-    engine = database.create(cfg.database_url)
+    cfg = made.settings
     try:
-        await state.blocking(settings.execution.executor, schema.require_current, engine)
+        await state.blocking(settings.execution.executor, made.require_schema)
     except schema.SchemaOutdated as exc:
-        engine.dispose()
+        made.close()
         raise kopf.PermanentError(str(exc)) from exc
     except Exception as exc:
-        engine.dispose()
+        made.close()
         raise kopf.TemporaryError(
             f"cannot check the schema at {database.describe(cfg.database_url)}: "
             f"{status.describe_error(exc)}", delay=STARTUP_RETRY) from exc
-    memo[state.SHARED] = state.Shared(engine, cfg, settings.execution.executor, alerter)
+    memo[state.SHARED] = state.Shared(made, settings.execution.executor, alerter)
     log.info("operator ready on %s (peering %s)", database.describe(cfg.database_url),
              "off" if settings.peering.standalone else settings.peering.name)
 
@@ -72,4 +72,4 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if isinstance(found, state.Shared):
         if found.alerter is not None:
             found.alerter.close(timeout=5)
-        found.engine.dispose()
+        found.factory.close()

@@ -22,7 +22,7 @@ import kopf
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config
+from creditsync import alerts, config, factory
 from creditsync.storage import database, models
 from creditsync_operator import schedule
 
@@ -40,8 +40,7 @@ T = TypeVar("T")
 class Shared:
     """The operator-wide state: one per process."""
 
-    engine: Engine
-    settings: config.Settings
+    factory: factory.Factory
     executor: concurrent.futures.Executor  # kopf's thread pool, for blocking database work
     alerter: alerts.Alerter | None = None
     plan_generation: int = 0
@@ -51,6 +50,14 @@ class Shared:
     _heartbeats: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _refreshing: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def engine(self) -> Engine:
+        return self.factory.engine
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.factory.settings
 
     def plan_changed(self) -> None:
         """The catalog changed: every loop converges promptly."""

@@ -1,4 +1,4 @@
-"""What every command needs: settings, an engine, the policy; and error reporting."""
+"""What every command needs: the settings and the `Factory` built from them; error reporting."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from functools import cached_property
 import click
 from sqlalchemy.engine import Engine
 
-from creditsync import config
-from creditsync.storage import database, schema
+from creditsync import config, errors, factory
 
 
 @dataclass
@@ -19,13 +18,22 @@ class Context:
     settings: config.Settings
 
     @cached_property
+    def factory(self) -> factory.Factory:
+        return factory.Factory(self.settings)
+
+    @property
     def engine(self) -> Engine:
-        return database.create(self.settings.database_url)
+        return self.factory.engine
+
+    def use_settings(self, settings: config.Settings) -> None:
+        """Serve with other settings (e.g. `--dev` keys); the engine stays."""
+        self.settings = settings
+        self.factory.settings = settings
 
     def require_schema(self) -> None:
         try:
-            schema.require_current(self.engine)
-        except schema.SchemaOutdated as exc:
+            self.factory.require_schema()
+        except errors.SchemaOutdated as exc:
             raise click.ClickException(str(exc)) from exc
 
 

@@ -8,7 +8,6 @@ import signal
 import click
 
 from creditsync import (
-    alerts,
     catalog,
     clock,
     config,
@@ -16,7 +15,6 @@ from creditsync import (
     plans,
     policy,
     policy_store,
-    runner,
 )
 from creditsync.cli import dev, drift, operator_cmd, plans_cmd, policy_cmd, serve, webhooks
 from creditsync.cli.context import Context, pass_context
@@ -101,7 +99,7 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
         serve.require_secrets(ctx)
     prepare_standalone(ctx)
     try:
-        alerter = alerts.from_settings(ctx.settings)
+        alerter = ctx.factory.alerter()
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     stored = policy_store.write_from_environment(ctx.engine, policy.from_settings(ctx.settings),
@@ -109,8 +107,7 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     if stored.from_creditsync:
         log.warning("converging with the policy %s wrote, not this environment's",
                     stored.source, extra={"policy_source": stored.source})
-    loop = runner.Runner(ctx.engine, ctx.settings.sync_interval,
-                         ctx.settings.batch_size, alerter=alerter)
+    loop = ctx.factory.runner(alerter=alerter)
     log.info("creditsync running on %s, converging every %ss",
              database.describe(ctx.settings.database_url),
              int(ctx.settings.sync_interval.total_seconds()))

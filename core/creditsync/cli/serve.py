@@ -38,7 +38,7 @@ def use_dev_keys(ctx: Context, host: str) -> None:
             "CREDITSYNC_ADMIN_TOKEN) and drop --dev")
 
     keys, created = devkeys.ensure(devkeys.DEFAULT_DIR)
-    ctx.settings = keys.apply(ctx.settings)
+    ctx.use_settings(keys.apply(ctx.settings))
     log.warning("%s development keys in %s: never use them in production",
                 "created" if created else "using", keys.directory.resolve())
 
