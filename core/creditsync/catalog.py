@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from creditsync import plans
-from creditsync.storage import models
+from creditsync.storage import database, models
 
 _plans = models.PLANS
 
@@ -49,6 +49,42 @@ def load(conn: Connection) -> plans.Catalog:
             "`creditsync run`, which seeds the built-in plans"
         )
     return plans.Catalog(tuple(found))
+
+
+def current(engine: Engine) -> list[plans.Plan]:
+    """The stored plans, cheapest first (empty when nothing is stored)."""
+    with database.read(engine) as conn:
+        return read_plans(conn)
+
+
+def require(engine: Engine) -> plans.Catalog:
+    """The stored catalog; raises `CatalogError` (what to run) when it is empty."""
+    with database.read(engine) as conn:
+        return load(conn)
+
+
+def seed_if_empty(engine: Engine, source: Path | None, now: dt.datetime) -> bool:
+    """`seed()` in its own transaction."""
+    with database.write(engine) as conn:
+        return seed(conn, source, now)
+
+
+def replace_all(engine: Engine, catalog: plans.Catalog, now: dt.datetime) -> CatalogChange:
+    """`replace()` in its own transaction."""
+    with database.write(engine) as conn:
+        return replace(conn, catalog, now)
+
+
+def put(engine: Engine, plan: plans.Plan, now: dt.datetime) -> CatalogChange:
+    """`upsert()` in its own transaction (a `CreditPlan` created or changed)."""
+    with database.write(engine) as conn:
+        return upsert(conn, plan, now)
+
+
+def remove(engine: Engine, plan_id: str, now: dt.datetime) -> CatalogChange:
+    """`delete()` in its own transaction (a `CreditPlan` deleted)."""
+    with database.write(engine) as conn:
+        return delete(conn, plan_id, now)
 
 
 def seed(conn: Connection, source: Path | None, now: dt.datetime) -> bool:

@@ -147,14 +147,21 @@ def credits_in(
 
 
 def history(
-    engine: Engine, instance_id: str, *, limit: int = 50, before_id: int | None = None
+    engine: Engine, instance_id: str, *, limit: int = 50, before_id: int | None = None,
+    require: bool = False,
 ) -> list[HistoryEntry]:
-    """The instance's ledger, newest first; page with `before_id` (the last id seen)."""
+    """The instance's ledger, newest first; page with `before_id` (the last id seen).
+
+    `require`: raise `UnknownInstance` for an instance never provisioned (rather than
+    answer an empty page)."""
     query = sa.select(_ledger).where(_ledger.c.instance_id == instance_id)
     if before_id is not None:
         query = query.where(_ledger.c.id < before_id)
     query = query.order_by(_ledger.c.id.desc()).limit(limit)
     with database.read(engine) as conn:
+        if require and conn.execute(sa.select(_i.c.instance_id).where(
+                _i.c.instance_id == instance_id)).first() is None:
+            raise UnknownInstance(instance_id)
         return [
             HistoryEntry(**{k: v for k, v in row._mapping.items() if k != "instance_id"})
             for row in conn.execute(query)

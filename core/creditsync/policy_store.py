@@ -80,6 +80,12 @@ def write(conn: Connection, pol: policy.Policy, source: str, now: dt.datetime) -
     return True
 
 
+def store(engine: Engine, pol: policy.Policy, source: str, now: dt.datetime) -> bool:
+    """`write()` in its own transaction (the operator, from a `CreditSync` spec)."""
+    with database.write(engine) as conn:
+        return write(conn, pol, source, now)
+
+
 def write_from_environment(engine: Engine, pol: policy.Policy, now: dt.datetime) -> Effective:
     """Standalone `run`: store its environment's policy unless a `CreditSync` wrote one."""
     with database.write(engine) as conn:

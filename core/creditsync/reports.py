@@ -100,6 +100,13 @@ class Stats:
     credits_used_by_plan_per_day: list[PlanDayCredits]
 
 
+def instances_per_plan(engine: Engine) -> dict[str, int]:
+    """How many instances are on each applied plan (the CLI's and the operator's counts)."""
+    with database.read(engine) as conn:
+        rows = conn.execute(sa.select(_i.c.plan_id, sa.func.count()).group_by(_i.c.plan_id))
+        return {str(plan): int(n) for plan, n in rows}
+
+
 def list_instances(
     engine: Engine, *, now: dt.datetime, pol: policy.Policy | None = None,
     drifted: bool | None = None,

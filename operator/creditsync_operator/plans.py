@@ -17,7 +17,6 @@ from typing import Any
 import kopf
 
 from creditsync import catalog, clock, plans, runner
-from creditsync.storage import database
 from creditsync_operator import conditions, resources, specs, state, status
 from creditsync_operator.conditions import READY, Condition
 
@@ -64,8 +63,7 @@ def mirror(
     patch.status["observedGeneration"] = generation
     try:
         plan = specs.plan_of(name, spec)
-        with database.write(shared.engine) as conn:
-            change = catalog.upsert(conn, plan, now)
+        change = catalog.put(shared.engine, plan, now)
     except plans.CatalogError as exc:
         message = f"{exc} (the catalog keeps its previous state)"
         patch.fns.append(conditions.patch_fn(
@@ -93,8 +91,7 @@ def unmirror(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Remove the plan from the catalog; its instances keep their credits."""
     shared = state.shared(memo)
     try:
-        with database.write(shared.engine) as conn:
-            change = catalog.delete(conn, name, clock.utcnow())
+        change = catalog.remove(shared.engine, name, clock.utcnow())
     except Exception as exc:
         raise kopf.TemporaryError(
             f"cannot remove plan {name} from the catalog: {status.describe_error(exc)}",

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import kopf
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, factory
-from creditsync.storage import database, models
+from creditsync import alerts, config, factory, reports
 from creditsync_operator import schedule
 
 log = logging.getLogger("creditsync.operator")
@@ -83,10 +81,7 @@ class Shared:
             return
         try:
             self.counts_at = time.monotonic()  # a failed attempt also waits for the TTL
-            inst = models.INSTANCES
-            query = sa.select(inst.c.plan_id, sa.func.count()).group_by(inst.c.plan_id)
-            with database.read(self.engine) as conn:
-                found = {str(plan): int(n) for plan, n in conn.execute(query)}
+            found = reports.instances_per_plan(self.engine)
             with self._lock:
                 if found != self.counts:
                     self.counts = found

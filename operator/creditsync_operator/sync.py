@@ -20,7 +20,6 @@ from typing import Any
 import kopf
 
 from creditsync import alerts, clock, convergence, inbox, policy_store, runner
-from creditsync.storage import database
 from creditsync_operator import conditions, events, resources, schedule, specs, state, status
 from creditsync_operator.conditions import Condition
 
@@ -40,12 +39,10 @@ class Outcome:
 
 def store_policy(shared: state.Shared, spec: specs.SyncSpec, source: str) -> None:
     """Make the spec's policy the one every process converges with (webhooks included)."""
-    with database.write(shared.engine) as conn:
-        if policy_store.write(conn, spec.pol, source, clock.utcnow()):
-            log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss", source,
-                     spec.pol.usage_on_plan_change,
-                     int(spec.pol.expiry_grace_period.total_seconds()),
-                     extra={"policy_source": source})
+    if policy_store.store(shared.engine, spec.pol, source, clock.utcnow()):
+        log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss", source,
+                 spec.pol.usage_on_plan_change, int(spec.pol.expiry_grace_period.total_seconds()),
+                 extra={"policy_source": source})
 
 
 def run_once(

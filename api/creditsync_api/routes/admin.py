@@ -12,7 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import convergence, drift, enums, inbox, instances, policy_store, reports, usage
+from creditsync import convergence, enums, inbox, instances, policy_store, reports, usage
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
@@ -90,9 +90,8 @@ def instance_history(
     before: deps.Before = None,
 ) -> schemas.HistoryPage:
     """Ledger rows, newest first."""
-    if not drift.count_instances(engine, [instance_id]):
-        raise instances.UnknownInstance(instance_id)
-    entries = instances.history(engine, instance_id, limit=limit, before_id=before)
+    entries = instances.history(engine, instance_id, limit=limit, before_id=before,
+                                require=True)
     return schemas.HistoryPage.from_core(entries, limit)
 
 

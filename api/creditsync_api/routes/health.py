@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from creditsync import catalog
-from creditsync.storage import database, schema
+from creditsync.storage import schema
 from creditsync_api import errors, schemas
 from creditsync_api.deps import EngineDep, StateDep
 
@@ -26,8 +26,7 @@ def readyz(engine: EngineDep) -> schemas.Health:
     """The database is reachable, its schema is this version's, and the plan catalog is
     loaded; 503 with `error` saying which is not."""
     schema.require_current(engine)
-    with database.read(engine) as conn:
-        catalog.load(conn)
+    catalog.require(engine)
     return schemas.Health(status="ready")
 
 

@@ -14,7 +14,6 @@ from fastapi import APIRouter
 from pydantic import ConfigDict
 
 from creditsync import catalog, plans
-from creditsync.storage import database
 from creditsync_api import errors, schemas
 from creditsync_api.deps import EngineDep
 
@@ -53,6 +52,4 @@ class PlanList(schemas.ApiModel):
             responses=errors.responses(503))
 def list_plans(engine: EngineDep) -> PlanList:
     """Every plan with its display name, monthly credits and marketplace product ids."""
-    with database.read(engine) as conn:
-        found = catalog.read_plans(conn)
-    return PlanList(plans=[Plan.from_core(plan) for plan in found])
+    return PlanList(plans=[Plan.from_core(plan) for plan in catalog.current(engine)])

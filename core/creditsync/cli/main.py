@@ -68,8 +68,7 @@ def prepare_standalone(ctx: Context) -> None:
 def seed_catalog(ctx: Context) -> bool:
     """Fill an empty catalog from CREDITSYNC_PLANS_FILE or the defaults; True if it wrote."""
     try:
-        with database.write(ctx.engine) as conn:
-            return catalog.seed(conn, ctx.settings.plans_file, clock.utcnow())
+        return catalog.seed_if_empty(ctx.engine, ctx.settings.plans_file, clock.utcnow())
     except plans.CatalogError as exc:
         raise click.ClickException(
             f"CREDITSYNC_PLANS_FILE: {exc} (nothing was changed)") from exc

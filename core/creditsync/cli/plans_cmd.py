@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import click
-import sqlalchemy as sa
 
-from creditsync import catalog, clock, convergence, enums, plans
+from creditsync import catalog, clock, convergence, enums, plans, reports
 from creditsync.cli.context import Context, pass_context, table
-from creditsync.storage import database, models
 
 
 @click.group("plans")
@@ -24,11 +22,8 @@ def group() -> None:
 def list_plans(ctx: Context, as_json: bool) -> None:
     """Show the catalog with how many instances are on each plan."""
     ctx.require_schema()
-    inst = models.INSTANCES
-    with database.read(ctx.engine) as conn:
-        found = catalog.read_plans(conn)
-        counts: dict[str, int] = dict(conn.execute(
-            sa.select(inst.c.plan_id, sa.func.count()).group_by(inst.c.plan_id)).all())
+    found = catalog.current(ctx.engine)
+    counts = reports.instances_per_plan(ctx.engine)
     if as_json:
         click.echo(json.dumps({"plans": [
             {**plans.plan_to_mapping(p), "instances": counts.get(p.id, 0)} for p in found]}))
@@ -52,8 +47,7 @@ def apply_plans(ctx: Context, file: Path, no_sync: bool) -> None:
         new = plans.load_file(file)
     except plans.CatalogError as exc:
         raise click.ClickException(f"{exc} (nothing was changed)") from exc
-    with database.write(ctx.engine) as conn:
-        change = catalog.replace(conn, new, clock.utcnow())
+    change = catalog.replace_all(ctx.engine, new, clock.utcnow())
     if change.touched:
         click.echo("catalog: " + "; ".join(
             f"{what} {', '.join(ids)}" for what, ids in

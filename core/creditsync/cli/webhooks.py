@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import click
-import sqlalchemy as sa
 
-from creditsync import clock, errors, inbox
+from creditsync import clock, errors, inbox, reports
 from creditsync.cli.context import Context, pass_context, table
-from creditsync.storage import database, models
 
 
 @click.group("webhooks")
@@ -22,16 +20,11 @@ def group() -> None:
 def list_events(ctx: Context, status: str | None, limit: int) -> None:
     """Newest events first, with their status, attempts and last error."""
     ctx.require_schema()
-    e = models.WEBHOOK_EVENTS
-    query = sa.select(e).order_by(e.c.received_at.desc()).limit(limit)
-    if status:
-        query = query.where(e.c.status == status)
-    with database.read(ctx.engine) as conn:
-        rows = conn.execute(query).all()
+    page = reports.list_webhooks(ctx.engine, status=status, limit=limit)
     click.echo(table(
         ["EVENT", "INSTANCE", "TYPE", "PRODUCT", "STATUS", "ATTEMPTS", "RECEIVED", "ERROR"],
-        [(r.id, r.instance_id, r.event_type, r.product_id, r.status, r.attempts,
-          r.received_at, (r.last_error or "")[:60]) for r in rows],
+        [(r.event_id, r.instance_id, r.event_type, r.product_id, r.status, r.attempts,
+          r.received_at, (r.last_error or "")[:60]) for r in page.items],
     ))
     counts = inbox.counts(ctx.engine)
     click.echo(", ".join(f"{k} {v}" for k, v in counts.items() if v) or "the inbox is empty")
