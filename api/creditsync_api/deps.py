@@ -7,20 +7,17 @@ FastAPI would run a plain `def` one in a worker thread, a hop per request.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
-import anyio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from creditsync import clock, config
-from creditsync.storage import inbox_pg
+from creditsync import clock, config, ingest
 from creditsync_api import errors, metrics, tokens
 
 Before = Annotated[int | None, Query(ge=1, le=2**63 - 1,
@@ -35,9 +32,7 @@ class State:
     wix_key: rsa.RSAPublicKey
     metrics: metrics.Metrics
     engine: Engine | None = None
-    db_threads: anyio.CapacityLimiter | None = None
-    pg_pool: inbox_pg.Pool | None = None  # the webhook's async path, on PostgreSQL
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    ingress: ingest.Ingress | None = None  # the webhook's ingest service
 
 
 def state_of(request: Request) -> State:

@@ -7,7 +7,6 @@ pages `/billing` and `/admin` will be routers like the others.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +16,6 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from creditsync import config, factory
-from creditsync.storage import database, inbox_pg
 from creditsync_api import deps, errors, limits, metrics, wix
 from creditsync_api.routes import (
     admin,
@@ -74,18 +72,12 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
         state.engine = made.engine
         try:
             await anyio.to_thread.run_sync(made.require_schema)
-            state.db_threads = anyio.CapacityLimiter(POOL_SIZE)
-            if not database.is_sqlite(state.engine):
-                state.pg_pool = inbox_pg.pool(
-                    state.engine.url.render_as_string(hide_password=False), size=ASYNC_POOL_SIZE)
-                await state.pg_pool.open(wait=True, timeout=10)
+            state.ingress = await made.ingress(threads=POOL_SIZE, pool_size=ASYNC_POOL_SIZE)
             yield
         finally:
-            if state.background:  # applies still running past their answer
-                await asyncio.wait(state.background, timeout=5)
-            if state.pg_pool is not None:
-                await state.pg_pool.close()
-                state.pg_pool = None
+            if state.ingress is not None:
+                await state.ingress.close()
+                state.ingress = None
             made.close()
             state.engine = None
 

@@ -14,7 +14,7 @@ from functools import cached_property
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, policy_store, runner
+from creditsync import alerts, config, ingest, policy_store, runner
 from creditsync.storage import database, schema
 
 DEFAULT_POOL_SIZE = 5
@@ -61,6 +61,10 @@ class Factory:
         """The standalone convergence loop."""
         return runner.Runner(self.engine, interval or self.settings.sync_interval,
                              self.settings.batch_size, alerter=alerter)
+
+    async def ingress(self, *, threads: int, pool_size: int) -> ingest.Ingress:
+        """The webhook's ingest service on this engine (an async pool on PostgreSQL)."""
+        return await ingest.Ingress.open(self.engine, threads=threads, pool_size=pool_size)
 
     def close(self) -> None:
         """Dispose of the engine if this factory made it."""

@@ -1,39 +1,26 @@
 """`POST /api/webhooks/billing`: verified marketplace events into the inbox, applied at once.
 
-The event is committed to the inbox before anything is acknowledged; then it is applied
-(subscription updated, instance converged) within what is left of a 0.8 s budget, so
-the marketplace's 1.25 s limit is never hit. An apply that fails or runs over leaves the
-event `pending` for the retry loop, and the answer is still 200: it is stored. An event not
-stored within the budget is answered 503: the marketplace retries, and finds it as a
-duplicate if the store did commit after all.
-
-On PostgreSQL both steps run on the event loop (`creditsync.inbox_pg`: one pooled
-connection, three round trips); on SQLite the core's blocking `inbox.store` and
-`inbox.process` run in worker threads.
+The route unpacks and answers: it verifies the JWT (`wix`), hands the event to the core's
+ingest service (`creditsync.ingest.Ingress`: stored before anything is acknowledged, then
+applied within what is left of a 0.8 s budget), counts the outcome and answers 200 with
+the receipt. Not stored within the budget, or the database down: 503, and the marketplace
+retries.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import functools
 import json
 import time
 
-import anyio
 from fastapi import APIRouter, Request, Response
-from sqlalchemy.engine import Engine
 
-from creditsync import enums, inbox
-from creditsync.storage import inbox_pg
 from creditsync_api import errors, schemas, wix
-from creditsync_api.deps import EngineDep, NowDep, State, StateDep
+from creditsync_api.deps import EngineDep, NowDep, StateDep
 
 router = APIRouter(tags=["webhooks"])
 
 PATH = "/api/webhooks/billing"
 MAX_BODY = 64 * 1024  # enforced before the body is read, by `limits.BodyLimit` (see main)
-BUDGET_S = 0.8  # seconds to store and apply; the marketplace waits 1.25 s in all
 
 _EXAMPLE_JWT = (
     "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJkYXRhIjoie1wiZXZlbnRUeXBlXCI6XCJQYWlkUGxhblB1cmNo"
@@ -79,64 +66,19 @@ async def billing_webhook(
         raise errors.ApiError(400, "malformed_webhook", str(exc)) from exc
 
     started = time.perf_counter()
+    if state.ingress is None:
+        raise RuntimeError("the app's lifespan has not run: serve it with uvicorn or "
+                           "`with TestClient(app)`")
     try:
-        if state.pg_pool is not None:
-            receipt, status = await _ingest_async(state, incoming, now)
-        else:
-            receipt, status = await _ingest_in_threads(state, engine, incoming, now)
+        receipt = await state.ingress.receive(incoming, now)
     except Exception as exc:
         if errors.is_unavailable(exc):
             metrics.webhook(incoming.event_type, "unavailable")
         raise
+    status = receipt.status
     metrics.apply_seconds.observe(time.perf_counter() - started)
     metrics.webhook(incoming.event_type, status)
     # the answer is built by hand: it is `schemas.WebhookAck` (the documented model), and
     # validating it again per request costs the marketplace's busiest endpoint
     return Response(json.dumps({"status": status, "eventId": receipt.event_id},
                                separators=(",", ":")), media_type="application/json")
-
-
-async def _ingest_async(
-    state: State, incoming: inbox.Incoming, now: dt.datetime
-) -> tuple[inbox.Receipt, str]:
-    """PostgreSQL: store and apply on the event loop, one connection (`inbox_pg.ingest`)."""
-    assert state.pg_pool is not None
-    deadline = time.monotonic() + BUDGET_S
-    stored: asyncio.Future[inbox.Receipt] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(inbox_pg.ingest(state.pg_pool, incoming, now=now,
-                                                 on_stored=stored.set_result))
-    state.background.add(task)
-    task.add_done_callback(state.background.discard)
-    await asyncio.wait({stored, task}, timeout=BUDGET_S, return_when=asyncio.FIRST_COMPLETED)
-    if not stored.done():
-        if task.done():
-            task.result()  # raises what kept the event from being stored (e.g. 503)
-        task.cancel()  # not stored in time: not acknowledged, the marketplace retries
-        raise errors.unavailable_error()
-    receipt = stored.result()
-    if receipt.status != enums.EventStatus.PENDING:
-        return receipt, receipt.status
-    # past the budget the apply goes on in the background; the event is already stored
-    done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0))
-    return receipt, task.result().status if done else enums.EventStatus.PENDING
-
-
-async def _ingest_in_threads(
-    state: State, engine: Engine, incoming: inbox.Incoming, now: dt.datetime
-) -> tuple[inbox.Receipt, str]:
-    """SQLite: the core's blocking store and apply, in worker threads."""
-    deadline = anyio.current_time() + BUDGET_S
-    receipt: inbox.Receipt | None = None
-    with anyio.move_on_after(BUDGET_S):
-        receipt = await anyio.to_thread.run_sync(
-            inbox.store, engine, incoming, now, limiter=state.db_threads,
-            abandon_on_cancel=True)
-    if receipt is None:  # not stored in time: not acknowledged, the marketplace retries
-        raise errors.unavailable_error()
-    status = receipt.status
-    if status == enums.EventStatus.PENDING:
-        apply = functools.partial(inbox.process, engine, receipt.event_id, now=now)
-        with anyio.move_on_after(deadline - anyio.current_time()):
-            status = await anyio.to_thread.run_sync(apply, limiter=state.db_threads,
-                                                    abandon_on_cancel=True)
-    return receipt, status
