@@ -1,29 +1,35 @@
 """Configuration from the environment: one frozen object, read once per process.
 
+`Settings` is a pydantic-settings model with the prefix `CREDITSYNC_`; `from_env()` reads
+the process environment, or any mapping given to it, through pydantic-settings' own
+environment source. Built directly, `Settings(...)` holds exactly what it is given (and the
+defaults): it never reads the environment by itself. A bad value raises `ConfigError`
+naming the variable to set. Secrets are `SecretStr`: read them with `.get_secret_value()`.
+
 Only the servers (`run`, `api`, `operator`) need secrets; they call `require_secrets()`,
 which fails closed with a message naming the variable to set.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+import pydantic_settings
+from pydantic import BeforeValidator, SecretStr, ValidationInfo
 
 from creditsync import enums, errors
 
+PREFIX = "CREDITSYNC_"
 DEFAULT_DATABASE_URL = "sqlite:///./creditsync.db"
 USAGE_POLICIES = tuple(policy.value for policy in enums.UsagePolicy)
 MIN_ADMIN_TOKEN = 16  # characters; `openssl rand -hex 32` makes 64
-# shown as '***' by `Settings.__repr__`: secrets (and any field named like one added later),
-# and URLs that carry credentials
-_HIDDEN = frozenset({"wix_public_key", "app_secret", "admin_token", "alert_webhook_url",
-                     "alert_smtp_url"})
-_HIDDEN_SUFFIXES = ("_secret", "_token", "_key", "_password")
+PUBLIC_KEY_FILE = "CREDITSYNC_WIX_PUBLIC_KEY_FILE"
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -58,24 +64,81 @@ def format_duration(delta: dt.timedelta) -> str:
     return "".join(parts)
 
 
-@dataclass(frozen=True)
-class Settings:
+def variable(field_name: str) -> str:
+    """The environment variable that sets `field_name`."""
+    return PREFIX + field_name.upper()
+
+
+# Validators raise ValueError (pydantic collects those) with the whole message;
+# `Settings.__init__` turns the collected errors into one ConfigError.
+
+def _duration(value: object, info: ValidationInfo) -> object:
+    if not isinstance(value, str):
+        return value  # a timedelta, or what pydantic makes of it
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise ValueError(f"{variable(str(info.field_name))}: {exc}") from None
+
+
+def _positive_integer(value: object, info: ValidationInfo) -> object:
+    number = int(value) if isinstance(value, str) and value.isdigit() else value
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ValueError(f"{variable(str(info.field_name))}={value!r}: use a positive integer")
+    return number
+
+
+def _usage_policy(value: object, info: ValidationInfo) -> object:
+    if value not in USAGE_POLICIES:
+        raise ValueError(f"{variable(str(info.field_name))}={value!r}: use one of "
+                         + ", ".join(USAGE_POLICIES))
+    return str(value)
+
+
+Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
+
+
+class Settings(pydantic_settings.BaseSettings):
     """Everything a creditsync process reads from its environment."""
 
+    model_config = pydantic_settings.SettingsConfigDict(
+        env_prefix=PREFIX, env_ignore_empty=True, frozen=True, extra="forbid")
+
     database_url: str = DEFAULT_DATABASE_URL
-    wix_public_key: str | None = None
-    app_secret: str | None = None
-    admin_token: str | None = None
+    wix_public_key: SecretStr | None = None  # or a file: CREDITSYNC_WIX_PUBLIC_KEY_FILE
+    app_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None
     plans_file: Path | None = None
-    sync_interval: dt.timedelta = dt.timedelta(seconds=60)
-    usage_on_plan_change: str = "Reset"
-    expiry_grace_period: dt.timedelta = dt.timedelta(hours=0)
-    batch_size: int = 5000
-    instance_token_max_age: dt.timedelta = dt.timedelta(hours=24)
-    alert_webhook_url: str | None = None
-    alert_smtp_url: str | None = None
-    alert_throttle: dt.timedelta = dt.timedelta(minutes=15)
-    extra: Mapping[str, str] = field(default_factory=dict)
+    sync_interval: Duration = dt.timedelta(seconds=60)
+    usage_on_plan_change: Annotated[str, BeforeValidator(_usage_policy)] = "Reset"
+    expiry_grace_period: Duration = dt.timedelta(hours=0)
+    batch_size: Annotated[int, BeforeValidator(_positive_integer)] = 5000
+    instance_token_max_age: Duration = dt.timedelta(hours=24)
+    alert_webhook_url: SecretStr | None = None  # may carry a token in its path
+    alert_smtp_url: SecretStr | None = None  # may carry a password
+    alert_throttle: Duration = dt.timedelta(minutes=15)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as exc:
+            raise ConfigError("; ".join(_explain(exc))) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[pydantic_settings.BaseSettings],
+        init_settings: pydantic_settings.PydanticBaseSettingsSource,
+        env_settings: pydantic_settings.PydanticBaseSettingsSource,
+        dotenv_settings: pydantic_settings.PydanticBaseSettingsSource,
+        file_secret_settings: pydantic_settings.PydanticBaseSettingsSource,
+    ) -> tuple[pydantic_settings.PydanticBaseSettingsSource, ...]:
+        """The given values only: the environment comes in through `from_env`."""
+        return (init_settings,)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`, validated like any other value."""
+        return type(self)(**{**dict(self), **changes})
 
     def require_secrets(self) -> None:
         """Fail closed when a server would run without one of its secrets."""
@@ -86,79 +149,60 @@ class Settings:
                 ("CREDITSYNC_APP_SECRET", self.app_secret),
                 ("CREDITSYNC_ADMIN_TOKEN", self.admin_token),
             )
-            if not value
+            if value is None or not value.get_secret_value()
         ]
         if missing:
             raise ConfigError(
                 "missing secret(s): set " + ", ".join(missing)
                 + " (for a local try, `creditsync run --dev` makes development keys)"
             )
-        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+        assert self.admin_token is not None
+        if len(self.admin_token.get_secret_value()) < MIN_ADMIN_TOKEN:
             raise ConfigError(
-                f"CREDITSYNC_ADMIN_TOKEN is {len(self.admin_token)} characters long; use at "
-                f"least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)"
+                f"CREDITSYNC_ADMIN_TOKEN is {len(self.admin_token.get_secret_value())} "
+                f"characters long; use at least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)"
             )
 
-    def __repr__(self) -> str:
-        """Every field, with secrets as '***' and the database URL's password hidden."""
-        shown = []
-        for name in (f.name for f in dataclasses.fields(self)):
-            value = getattr(self, name)
-            if value is not None and (name in _HIDDEN or name.endswith(_HIDDEN_SUFFIXES)):
-                value = "***"
-            elif name == "database_url":
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """pydantic's repr (secrets shown as '**********'), with the database password hidden."""
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
                 value = _URL_PASSWORD.sub(r"\1***@", value)
-            elif name == "extra":
-                value = sorted(value)  # the names only
-            shown.append(f"{name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+            yield name, value
 
 
-def _read_key(env: Mapping[str, str]) -> str | None:
-    if env.get("CREDITSYNC_WIX_PUBLIC_KEY"):
-        return env["CREDITSYNC_WIX_PUBLIC_KEY"]
-    path = env.get("CREDITSYNC_WIX_PUBLIC_KEY_FILE")
-    if not path:
-        return None
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"CREDITSYNC_WIX_PUBLIC_KEY_FILE={path} cannot be read ({exc.strerror})"
-        ) from exc
+class _Environment(pydantic_settings.EnvSettingsSource):
+    """pydantic-settings' environment source, reading `env` instead of `os.environ`."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(Settings)
+        # as the source normalises os.environ: names case-insensitive, empty values unset
+        self.env_vars = {name.lower(): value for name, value in env.items() if value}
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `env` (default: `os.environ`)."""
-    env = os.environ if env is None else env
-    policy = env.get("CREDITSYNC_USAGE_ON_PLAN_CHANGE", "Reset")
-    if policy not in USAGE_POLICIES:
-        raise ConfigError(
-            f"CREDITSYNC_USAGE_ON_PLAN_CHANGE={policy!r}: use one of {', '.join(USAGE_POLICIES)}"
-        )
-    batch = env.get("CREDITSYNC_BATCH_SIZE", "5000")
-    if not batch.isdigit() or int(batch) < 1:
-        raise ConfigError(f"CREDITSYNC_BATCH_SIZE={batch!r}: use a positive integer")
+    env = dict(os.environ if env is None else env)
+    if not env.get("CREDITSYNC_WIX_PUBLIC_KEY") and env.get(PUBLIC_KEY_FILE):
+        env["CREDITSYNC_WIX_PUBLIC_KEY"] = _read_key(env[PUBLIC_KEY_FILE])
+    return Settings(**_Environment(env)())
 
-    def duration(name: str, default: str) -> dt.timedelta:
-        try:
-            return parse_duration(env.get(name, default))
-        except ConfigError as exc:
-            raise ConfigError(f"{name}: {exc}") from exc
 
-    plans_file = env.get("CREDITSYNC_PLANS_FILE")
-    return Settings(
-        database_url=env.get("CREDITSYNC_DATABASE_URL", DEFAULT_DATABASE_URL),
-        wix_public_key=_read_key(env),
-        app_secret=env.get("CREDITSYNC_APP_SECRET") or None,
-        admin_token=env.get("CREDITSYNC_ADMIN_TOKEN") or None,
-        plans_file=Path(plans_file) if plans_file else None,
-        sync_interval=duration("CREDITSYNC_SYNC_INTERVAL", "60s"),
-        usage_on_plan_change=policy,
-        expiry_grace_period=duration("CREDITSYNC_EXPIRY_GRACE_PERIOD", "0s"),
-        batch_size=int(batch),
-        instance_token_max_age=duration("CREDITSYNC_INSTANCE_TOKEN_MAX_AGE", "24h"),
-        alert_webhook_url=env.get("CREDITSYNC_ALERT_WEBHOOK_URL") or None,
-        alert_smtp_url=env.get("CREDITSYNC_ALERT_SMTP_URL") or None,
-        alert_throttle=duration("CREDITSYNC_ALERT_THROTTLE", "15m"),
-    )
+def _read_key(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{PUBLIC_KEY_FILE}={path} cannot be read ({exc.strerror})") from exc
+
+
+def _explain(exc: pydantic.ValidationError) -> Iterator[str]:
+    """Each error as `CREDITSYNC_X=<value>: <what to do>` (a validator's message as it is)."""
+    for error in exc.errors():
+        cause = error.get("ctx", {}).get("error")
+        if error["type"] == "value_error" and cause is not None:
+            yield str(cause)
+        elif error["type"] == "extra_forbidden":
+            yield f"{error['loc'][0]}: not a setting ({error['msg'].lower()})"
+        else:
+            name = variable(str(error["loc"][0])) if error["loc"] else PREFIX + "*"
+            yield f"{name}={error['input']!r}: {error['msg']}"

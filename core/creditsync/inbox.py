@@ -51,14 +51,10 @@ APPLICABLE = enums.APPLICABLE
 
 
 @dataclass(frozen=True)
-class Incoming:
-    """A verified marketplace event, decoded by the ingress."""
+class Incoming(decision.Event):
+    """A verified marketplace event, decoded by the ingress: what a decision reads, and the
+    event's own fields as the marketplace sent them (stored, shown to admins)."""
 
-    instance_id: str
-    event_type: str
-    operation_time: dt.datetime
-    product_id: str | None
-    expires_at: dt.datetime | None
     payload: dict[str, Any]
 
 

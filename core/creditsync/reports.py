@@ -35,24 +35,14 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True)
-class InstanceReport:
-    """An instance as admins see it: actual numbers beside what its subscription says."""
+class InstanceReport(instances.Credits):
+    """An instance as admins see it: its credits beside what its subscription says."""
 
-    instance_id: str
-    plan: str
-    credits_total: int
-    bonus_credits: int
-    credits_used: int
-    credits_remaining: int
-    period_start: dt.datetime
-    period_end: dt.datetime
-    in_sync: bool
     drift_reason: str | None
     desired_plan: str
     desired_credits_total: int | None
     subscription_status: str | None
     expires_at: dt.datetime | None
-    last_synced_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
 
