@@ -105,7 +105,7 @@ async def get_instance(
     secret = state.settings.app_secret
     assert secret is not None  # create_app requires it
     try:
-        return tokens.verify(raw, secret, now=now,
+        return tokens.verify(raw, secret.get_secret_value(), now=now,
                              max_age=state.settings.instance_token_max_age)
     except tokens.TokenError as exc:
         state.metrics.token_failures.labels(exc.code).inc()
@@ -125,6 +125,7 @@ async def require_admin(
         raise errors.ApiError(401, "missing_admin_token",
                               "send `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`",
                               headers=_BEARER)
-    if not hmac.compare_digest(header.credentials.encode(), expected.encode()):
+    if not hmac.compare_digest(header.credentials.encode(),
+                               expected.get_secret_value().encode()):
         raise errors.ApiError(401, "bad_admin_token",
                               "the bearer token is not CREDITSYNC_ADMIN_TOKEN", headers=_BEARER)

@@ -7,7 +7,6 @@ and `tokens.sign`, the same formats the API verifies). Never use them in product
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 from dataclasses import dataclass
@@ -45,8 +44,8 @@ class DevKeys:
 
     def apply(self, settings: config.Settings) -> config.Settings:
         """`settings` with these keys as its secrets."""
-        return dataclasses.replace(settings, wix_public_key=self.public_pem,
-                                   app_secret=self.app_secret, admin_token=self.admin_token)
+        return settings.replace(wix_public_key=self.public_pem, app_secret=self.app_secret,
+                                admin_token=self.admin_token)
 
 
 def generate_private_key() -> rsa.RSAPrivateKey:

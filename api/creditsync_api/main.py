@@ -64,7 +64,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
     made = factory.Factory(settings, pool_size=POOL_SIZE, given_engine=engine)
     state = deps.State(
         settings=settings,
-        wix_key=wix.load_public_key(settings.wix_public_key),
+        wix_key=wix.load_public_key(settings.wix_public_key.get_secret_value()),
         metrics=metrics.Metrics(lambda: deps.require_engine(state)))
 
     @asynccontextmanager
@@ -90,7 +90,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
         app.include_router(router)
     assert settings.admin_token is not None
     # the last added runs first: sizes, then the admin token, then FastAPI reads the body
-    app.add_middleware(limits.AdminGate, token=settings.admin_token,
+    app.add_middleware(limits.AdminGate, token=settings.admin_token.get_secret_value(),
                        on_failure=lambda reason: state.metrics.admin_auth_failures.labels(
                            reason).inc())
     app.add_middleware(limits.BodyLimit, default=limits.DEFAULT_MAX_BODY,

@@ -258,12 +258,13 @@ def from_settings(settings: config.Settings, source: str = "creditsync") -> Aler
     """The alerter the settings ask for, or None when no alert target is configured."""
     transports: list[tuple[str, Transport]] = []
     if settings.alert_webhook_url:
-        if urlsplit(settings.alert_webhook_url).scheme not in ("http", "https"):
+        webhook_url = settings.alert_webhook_url.get_secret_value()
+        if urlsplit(webhook_url).scheme not in ("http", "https"):
             raise config.ConfigError("CREDITSYNC_ALERT_WEBHOOK_URL: use an http(s):// URL")
-        transports.append(("webhook", webhook_transport(settings.alert_webhook_url, source)))
+        transports.append(("webhook", webhook_transport(webhook_url, source)))
     if settings.alert_smtp_url:
-        transports.append(("mail", smtp_transport(parse_smtp_url(settings.alert_smtp_url),
-                                                  source)))
+        smtp_url = settings.alert_smtp_url.get_secret_value()
+        transports.append(("mail", smtp_transport(parse_smtp_url(smtp_url), source)))
     if not transports:
         return None
     return Alerter(transports, Throttle(settings.alert_throttle), source=source)

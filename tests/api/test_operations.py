@@ -4,7 +4,6 @@ going away (503, nothing lost) and coming back, and applies that fail after the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import re
 import threading
@@ -135,9 +134,9 @@ def test_creditsync_api_refuses_an_outdated_schema_and_missing_secrets(
     assert "missing secret(s): set CREDITSYNC_APP_SECRET" in no_secret.output()
     no_secret.stop()
     with pytest.raises(config.ConfigError, match="CREDITSYNC_ADMIN_TOKEN"):
-        main.create_app(dataclasses.replace(settings_for(url, keys), admin_token=None))
+        main.create_app(settings_for(url, keys).replace(admin_token=None))
     with pytest.raises(config.ConfigError, match="not a PEM public key"):
-        main.create_app(dataclasses.replace(settings_for(url, keys), wix_public_key="nope"))
+        main.create_app(settings_for(url, keys).replace(wix_public_key="nope"))
 
 
 # -- failures -------------------------------------------------------------------------------
