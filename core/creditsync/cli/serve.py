@@ -9,6 +9,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -103,20 +107,36 @@ def serve(app: FastAPI, host: str, port: int, access_log: bool) -> None:
         raise click.exceptions.Exit(3)
 
 
+def executable() -> str:
+    """How to call this creditsync from a shell: its path, as the README's install leaves
+    `.venv/bin` off PATH; the plain name when PATH finds this same executable."""
+    running = Path(sys.argv[0])
+    if running.name != "creditsync" or not running.is_file():  # e.g. `python -m`
+        running = Path(sys.executable).parent / "creditsync"
+        if not running.is_file():
+            return "creditsync"
+    running = running.absolute()
+    on_path = shutil.which("creditsync")
+    if on_path is not None and Path(on_path).resolve() == running.resolve():
+        return "creditsync"
+    return shlex.quote(str(running))
+
+
 def dev_banner(host: str, port: int) -> str:
     base = f"http://{host}:{port}"
     hook = f"{base}/api/webhooks/billing"
-    auth = '"Authorization: Bearer $(creditsync dev token --instance demo-1)"'
+    creditsync = executable()
+    auth = f'"Authorization: Bearer $({creditsync} dev token --instance demo-1)"'
     return f"""
 creditsync is running with development keys from ./.creditsync-dev (not for production).
 In another terminal, in this directory, try:
 
   # Pro is bought for a new instance demo-1 (a signed PaidPlanPurchased webhook)
-  creditsync dev webhook PaidPlanPurchased --instance demo-1 --product pro > purchase.jwt
+  {creditsync} dev webhook PaidPlanPurchased --instance demo-1 --product pro > purchase.jwt
   curl -s --data-binary @purchase.jwt {hook}           # "applied"
   curl -s -H {auth} {base}/api/billing/credits       # creditsTotal 5000
   curl -s --data-binary @purchase.jwt {hook}           # again: "duplicate", nothing changes
-  creditsync dev webhook PaidPlanPurchased --instance demo-1 --product scale --forge --post {hook}
+  {creditsync} dev webhook PaidPlanPurchased --instance demo-1 --product scale --forge --post {hook}
                                                        # forged: 401, nothing stored
   curl -s -X POST -H {auth} {base}/api/billing/sync-credits
   curl -s -H "Authorization: Bearer $(cat .creditsync-dev/admin-token)" {base}/api/admin/instances
