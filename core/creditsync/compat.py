@@ -10,7 +10,16 @@ import datetime as dt
 
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, clock, convergence, enums, errors, policy, subscriptions
+from creditsync import (
+    catalog,
+    clock,
+    convergence,
+    enums,
+    errors,
+    policy,
+    subscription_store,
+    subscriptions,
+)
 from creditsync.storage import database
 
 
@@ -44,7 +53,7 @@ def update_instance_plan(
             raise errors.NotFound(f"unknown plan {plan_id}: known plans are "
                                   + ", ".join(p.id for p in cat.plans))
         event = subscriptions.BillingEvent(instance_id, "PaidPlanChanged", event_time, plan.id)
-        outcome = subscriptions.accept(conn, event, cat.default.id, now)
+        outcome = subscription_store.accept(conn, event, cat.default.id, now)
         if outcome == enums.EventStatus.APPLIED:
             convergence.converge_in(conn, [instance_id], trigger="manual", actor=enums.Actor.MANUAL,
                                     correlation_id=f"plan:{instance_id}:{event_time.isoformat()}",

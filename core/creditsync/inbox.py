@@ -33,6 +33,7 @@ from creditsync import (
     ledger,
     policy,
     policy_store,
+    subscription_store,
     subscriptions,
 )
 from creditsync.storage import database, models
@@ -142,7 +143,7 @@ def process(
             made = decision.decide(
                 decision.Event(row.instance_id, row.event_type, row.operation_time,
                                row.product_id, row.expires_at),
-                subscriptions.get(conn, row.instance_id),
+                subscription_store.get(conn, row.instance_id),
                 found[0] if found else None, catalog.load(conn), now,
                 pol if pol is not None else policy_store.load(conn))
             status = write_decision(conn, row.instance_id, made, found[1] if found else None,
@@ -167,7 +168,7 @@ def write_decision(
     the event is `stale` and the instance is left as it was (a missing one still created).
     """
     status, steps = made.status, made.steps
-    if made.subscription is not None and not subscriptions.write(
+    if made.subscription is not None and not subscription_store.write(
             conn, instance_id, made.subscription, now):
         status, steps = Status.STALE, ()
     rows: list[dict[str, Any]] = []

@@ -1,28 +1,19 @@
-"""Desired state: how an accepted billing event changes an instance's subscription.
+"""Desired state: how an accepted billing event changes an instance's subscription (pure).
 
-`write()` is the only writer of the `subscriptions` table, and refuses to go backwards in
-`source_time`: an event older than the newest one accepted is `stale`, so reordered
-deliveries never override newer ones. `next_state()` bumps `rev` only for a purchase or a
-change of plan, so a retry never resets usage twice.
+`next_state()` bumps `rev` only for a purchase or a change of plan, so a retry never resets
+usage twice; an event older than the newest one accepted is `stale` (decided by
+`decision.decide`, and refused again by `subscription_store.write`). Reading and writing
+the `subscriptions` table is in `subscription_store`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
-
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 
 from creditsync import enums, errors
-from creditsync.storage import models
 
 Status = enums.EventStatus
-
-_s = models.SUBSCRIPTIONS
 
 PURCHASES = frozenset({"PaidPlanPurchased", "PaidPlanChanged"})
 # Events that confirm the plan the instance is on (no new purchase): a rev bump only
@@ -36,7 +27,6 @@ EVENT_TYPES = PLAN_EVENTS | {INSTALLED, REMOVED}
 # An install, or a purchase (only an installed app can be bought): the instance exists after
 PROVISIONING = PURCHASES | {INSTALLED}
 
-Outcome = Literal[Status.APPLIED, Status.STALE]
 
 
 @dataclass(frozen=True)
@@ -57,14 +47,6 @@ class State:
     expires_at: dt.datetime | None
     rev: int
     source_time: dt.datetime
-
-
-def get(conn: Connection, instance_id: str) -> State | None:
-    """The instance's subscription."""
-    row = conn.execute(sa.select(_s).where(_s.c.instance_id == instance_id)).first()
-    if row is None:
-        return None
-    return State(row.plan_id, row.status, row.expires_at, row.rev, row.source_time)
 
 
 def next_state(current: State | None, event: BillingEvent, default_plan_id: str) -> State | None:
@@ -93,36 +75,3 @@ def next_state(current: State | None, event: BillingEvent, default_plan_id: str)
         # reinstalled: data comes back, a paid plan only with a new purchase
         return State(default_plan_id, "active", None, rev, at)
     raise errors.InvalidRequest(f"unknown event type {event.event_type}")
-
-
-def write(conn: Connection, instance_id: str, state: State, now: dt.datetime) -> bool:
-    """Upsert the instance's subscription; refused (False) if a newer event is stored.
-
-    The guard is in the statement itself, so desired state never goes backwards in
-    `source_time`, whatever the caller read.
-    """
-    values = {"plan_id": state.plan_id, "status": state.status, "expires_at": state.expires_at,
-              "rev": state.rev, "source_time": state.source_time, "updated_at": now}
-    insert = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(_s)
-    statement = insert.values(instance_id=instance_id, **values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[_s.c.instance_id],
-        set_={name: statement.excluded[name] for name in values},
-        where=_s.c.source_time <= statement.excluded.source_time)
-    return conn.execute(statement.returning(_s.c.instance_id)).first() is not None
-
-
-def accept(
-    conn: Connection, event: BillingEvent, default_plan_id: str, now: dt.datetime
-) -> Outcome:
-    """Apply `event` to the instance's subscription unless a newer event was accepted.
-
-    The caller holds the instance's lock (`database.lock_instance`).
-    """
-    current = get(conn, event.instance_id)
-    if current is not None and event.operation_time < current.source_time:
-        return Status.STALE
-    new = next_state(current, event, default_plan_id)
-    if new is None:
-        return Status.APPLIED
-    return Status.APPLIED if write(conn, event.instance_id, new, now) else Status.STALE

@@ -7,7 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, policy, subscriptions
+from creditsync import catalog, policy, subscription_store, subscriptions
 from creditsync.storage import database, models
 
 T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
@@ -20,7 +20,7 @@ def accept(engine: Engine, instance_id: str, event_type: str, at: dt.datetime,
            plan: str | None = None, expires: dt.datetime | None = None) -> str:
     with database.write(engine) as conn:
         default = catalog.load(conn).default.id
-        return subscriptions.accept(
+        return subscription_store.accept(
             conn, subscriptions.BillingEvent(instance_id, event_type, at, plan, expires),
             default, at)
 

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import inbox, instances, subscriptions
+from creditsync import inbox, instances, subscription_store, subscriptions
 from creditsync.storage import database, inbox_pg, models
 from tests.conftest import fresh_database
 from tests.core.helpers import HOUR, T0, instance
@@ -158,11 +158,11 @@ def test_the_subscription_write_refuses_to_go_backwards(engine: Engine) -> None:
     newer = subscriptions.State("pro", "active", None, 1, T0)
     older = subscriptions.State("starter", "active", None, 1, T0 - HOUR)
     with database.write(engine) as conn:
-        assert subscriptions.write(conn, "w", newer, T0)
-        assert not subscriptions.write(conn, "w", older, T0)
-        assert subscriptions.get(conn, "w") == newer
+        assert subscription_store.write(conn, "w", newer, T0)
+        assert not subscription_store.write(conn, "w", older, T0)
+        assert subscription_store.get(conn, "w") == newer
         same_time = subscriptions.State("scale", "active", None, 2, T0)
-        assert subscriptions.write(conn, "w", same_time, T0)  # equal times: the later wins
+        assert subscription_store.write(conn, "w", same_time, T0)  # equal times: the later wins
 
 
 def test_a_quarantine_backlog_never_starves_a_pending_retry(engine: Engine) -> None:
