@@ -2,8 +2,8 @@
 
 The startup handler puts one `Shared` into the root memo; kopf copies the root memo
 shallowly into every object's memo, so all handlers see the same engine, alerter, catalog
-change counter and instance counts. Per-object state (a loop's schedule) lives in that
-object's own memo.
+change counter, instance counts and Kubernetes client. Per-object state (a loop's schedule)
+lives in that object's own memo.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import kopf
 from sqlalchemy.engine import Engine
 
 from creditsync import alerts, config, factory, reports
-from creditsync_operator import schedule
+from creditsync_operator import kube, schedule
 
 log = logging.getLogger("creditsync.operator")
 
@@ -41,10 +41,12 @@ class Shared:
     factory: factory.Factory
     executor: concurrent.futures.Executor  # kopf's thread pool, for blocking database work
     alerter: alerts.Alerter | None = None
+    connect: Callable[[], kube.StatusApi] = kube.connect  # tests pass a fake
     plan_generation: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     counts_version: int = 0
     counts_at: float | None = None
+    _kube: kube.StatusApi | None = None
     _heartbeats: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _refreshing: threading.Lock = field(default_factory=threading.Lock)
@@ -56,6 +58,13 @@ class Shared:
     @property
     def settings(self) -> config.Settings:
         return self.factory.settings
+
+    def status_api(self) -> kube.StatusApi:
+        """The client the daemons write status with, made on first use (blocking)."""
+        with self._lock:
+            if self._kube is None:
+                self._kube = self.connect()
+            return self._kube
 
     def plan_changed(self) -> None:
         """The catalog changed: every loop converges promptly."""
