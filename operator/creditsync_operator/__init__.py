@@ -2,8 +2,9 @@
 
 `kopf run -m creditsync_operator` also works: importing this package registers the
 handlers. `startup` configures kopf and builds the shared database engine; `plans` mirrors
-`CreditPlan` resources into the plan catalog; `sync` converges on each `CreditSync`'s
-schedule and reports status, conditions and events.
+`CreditPlan` resources into the plan catalog; `sync` runs a daemon per `CreditSync` that
+converges on its schedule and reports status, conditions and events (written through `kube`,
+since kopf applies a daemon's own patch only when it exits).
 """
 
 from creditsync_operator import plans, startup, sync

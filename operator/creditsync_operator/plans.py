@@ -6,7 +6,8 @@ as part of the whole catalog, so a second default or a reused alias is rejected 
 delete removes it. Instances on a deleted plan are never downgraded: convergence leaves
 them as they are and the `CreditSync` reports `Degraded`/`PlanMissing` until the plan is
 back. Every catalog change makes the `CreditSync` loops converge promptly, so a changed
-`monthlyCredits` reaches every instance on the plan, with ledger rows.
+`monthlyCredits` reaches every instance on the plan, with ledger rows. A daemon per plan keeps
+`status.instances` current.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from creditsync_operator.conditions import READY, Condition
 log = logging.getLogger("creditsync.operator.plans")
 
 RETRY = 5.0
-POLL = 1.0
+POLL = 1.0  # how often the instances daemon compares the count with the status
+CANCELLATION_TIMEOUT = 5.0
 
 
 def _describe(change: catalog.CatalogChange) -> str:
@@ -104,16 +106,23 @@ def unmirror(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         _after_change(shared)
 
 
-@kopf.timer(*resources.CREDITPLANS, id="instances", interval=POLL)
-async def instances(
-    name: str, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **kwargs: Any,
-) -> None:
-    """Keep `status.instances` equal to the number of instances on the plan.
+def _patch_instances(shared: state.Shared, namespace: str, name: str, count: int) -> None:
+    shared.status_api().patch_status("creditplans", namespace, name, {"instances": count})
 
-    Waits (without writing anything) until the count differs from what the status shows;
-    counts are shared by all plans and refreshed after every run or every half minute.
+
+@kopf.daemon(*resources.CREDITPLANS, id="instances", cancellation_timeout=CANCELLATION_TIMEOUT)
+async def instances(
+    name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo,
+    stopped: kopf.DaemonStopped, **_: Any,
+) -> None:
+    """Keep `status.instances` equal to the number of instances on the plan, until stopped.
+
+    A daemon, not a timer: it looks every `POLL` seconds and writes only when the count
+    differs from what the (live) status shows, so a timer would log a line per look for
+    nothing. Counts are shared by all plans and refreshed after every run or every half
+    minute. kopf applies a daemon's `patch` only when it exits, so the write is a merge
+    patch of its own (`kube`).
     """
-    stopped: kopf.DaemonStopped = kwargs["stopped"]  # kopf's TimerFn leaves it to **kwargs
     shared = state.shared(memo)
     while not stopped:
         if shared.counts_stale():
@@ -121,9 +130,12 @@ async def instances(
                 await state.blocking(shared.executor, shared.refresh_counts)
             except Exception as exc:
                 log.debug("cannot count instances: %s", status.describe_error(exc))
-        if body.status.get("instances") != shared.counts.get(name, 0):
-            break
+        count = shared.counts.get(name, 0)
+        if body.status.get("instances") != count:
+            try:
+                await state.blocking(shared.executor, _patch_instances, shared,
+                                     str(namespace), name, count)
+            except Exception as exc:  # tried again at the next look
+                log.warning("cannot write the instance count of CreditPlan %s/%s: %s",
+                            namespace, name, status.describe_error(exc))
         await stopped.wait(POLL)
-    else:
-        return
-    patch.status["instances"] = shared.counts.get(name, 0)

@@ -1,7 +1,8 @@
 """When a `CreditSync` converges next, and why: a pure function of the loop's state.
 
-The loop polls `decide()` every fraction of a second against the live spec, so a changed
-`interval`, `suspend` or `dryRun` takes effect at once, without a restart:
+The `CreditSync` daemon (`sync.converge`) asks `decide()` every fraction of a second against
+the live spec, so a changed `interval`, `suspend` or `dryRun` takes effect at once, without a
+restart:
 
 - the first turn of a loop is a `startup` run;
 - a failed run (database down, lock held elsewhere) is retried when its backoff is over;

@@ -23,7 +23,7 @@ log = logging.getLogger("creditsync.operator")
 MAX_WORKERS = 8  # threads for database work
 WORKER_LIMIT = 32  # objects handled concurrently
 STARTUP_RETRY = 5.0
-EXIT_TIMEOUT = 5.0  # a stopping timer may still be writing its last status
+EXIT_TIMEOUT = 5.0  # a stopping daemon may still be finishing a run and writing its status
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

@@ -1,17 +1,31 @@
-"""`CreditSync` handler: converge at start-up, every `spec.interval`, and after plan changes.
+"""`CreditSync` daemon: converge at start-up, every `spec.interval`, and after plan changes.
 
-One kopf timer per CreditSync. Each call waits, polling the live spec in memory, until
-`schedule.decide` says it is time; then it runs one guarded convergence (lock, due inbox
-retries, set-based repair) on kopf's thread pool and returns, and kopf applies the status
-patch: conditions `Ready`/`Converged`/`Degraded`, `instances`, `drifted`, `lastSyncTime`,
-`lastRun`, `webhookBacklog`, `observedGeneration`. While waiting it also retries due inbox
-events every few seconds. A failed run marks the resource `Degraded` with the error and
-raises `TemporaryError` with a growing backoff; the first good run clears it. Repairs
-become one aggregated Event per run; drift, webhook trouble and Degraded send alerts.
+One kopf daemon per CreditSync: a loop that waits between runs is what kopf's daemons are for
+(a timer runs and returns). Every `POLL` seconds the loop looks, in memory, at the live spec
+and the catalog change counter and asks `schedule.decide` whether it is time; so a changed
+`interval`, `suspend` or `dryRun` and a CreditPlan change take effect within a fraction of a
+second, without a restart. When it is time, it runs one guarded convergence (lock, due inbox
+retries, set-based repair) on kopf's thread pool; between runs it retries due inbox events
+every few seconds. It ends as soon as kopf sets `stopped` (SIGTERM, deletion, a peering
+pause).
+
+Not a timer: kopf's timers cannot follow a live `spec.interval`, and a timer ticking fast
+enough to react promptly would log a line per tick ("Timer 'converge' succeeded.") twice a
+second, forever. The price of the daemon: kopf applies a daemon's `patch` only when the
+daemon exits, so after each run the loop writes the status itself (`kube`), at once and in
+one merge patch — conditions `Ready`/`Converged`/`Degraded` (merged into the live body's,
+as `conditions.merge` keeps transition times, and guarded by that body's resourceVersion),
+`instances`, `drifted`, `lastSyncTime`, `lastRun`, `webhookBacklog`, `observedGeneration`.
+
+A failed run marks the resource `Degraded` with the error and is retried with a growing
+backoff (`schedule.failed`); the first good run clears it. Repairs become one aggregated
+Event per run; drift, webhook trouble and Degraded send alerts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,13 +34,25 @@ from typing import Any
 import kopf
 
 from creditsync import alerts, clock, convergence, inbox, policy_store, runner
-from creditsync_operator import conditions, events, resources, schedule, specs, state, status
+from creditsync_operator import (
+    conditions,
+    events,
+    kube,
+    resources,
+    schedule,
+    specs,
+    state,
+    status,
+)
 from creditsync_operator.conditions import Condition
 
 log = logging.getLogger("creditsync.operator.sync")
 
-POLL = 0.5  # how often a waiting loop looks at its spec and the catalog change counter
+POLL = 0.5  # how often the loop looks at its spec and the catalog change counter
 INBOX_EVERY = 5.0  # due inbox retries between runs
+WRITE_ATTEMPTS = 5  # a status write computed from a body that changed meanwhile is redone
+WRITE_RETRY = 0.2  # by then kopf's watch has brought the newer body
+CANCELLATION_TIMEOUT = 5.0  # a run still busy after `stopped` (and kopf's wait) is cancelled
 
 
 @dataclass(frozen=True)
@@ -69,54 +95,65 @@ def _parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
         return exc
 
 
-async def _retry_inbox(shared: state.Shared, spec: specs.SyncSpec) -> None:
+async def _retry_inbox(shared: state.Shared) -> None:
     try:
         await state.blocking(shared.executor, runner.retry_inbox, shared.engine)
     except Exception as exc:  # the next run reports the database's state
         log.debug("inbox retry failed: %s", status.describe_error(exc))
 
 
-async def _turn(
-    shared: state.Shared, loop: schedule.LoopState, spec: kopf.Spec, meta: kopf.Meta,
-    stopped: kopf.DaemonStopped,
-) -> schedule.Decision | None:
-    """Wait until it is time to act; None when the operator or the resource goes away."""
-    uid = str(meta.get("uid"))
-    inbox_due = time.monotonic() + INBOX_EVERY
-    while not stopped:
-        shared.beat(uid)
-        parsed = _parse(spec)
-        now = time.monotonic()
-        decision = schedule.decide(loop, parsed, generation=meta.get("generation"),
-                                   plan_generation=shared.plan_generation, now=now)
-        if decision is not None:
-            return decision
-        if (isinstance(parsed, specs.SyncSpec) and not parsed.suspend and not parsed.dry_run
-                and loop.retry_trigger is None and now >= inbox_due):
-            await _retry_inbox(shared, parsed)
-            inbox_due = time.monotonic() + INBOX_EVERY
-        await stopped.wait(POLL)
-    return None
-
-
 def _where(meta: kopf.Meta) -> str:
     return f"CreditSync {meta.get('namespace')}/{meta.get('name')}"
 
 
-def _report(
-    shared: state.Shared, loop: schedule.LoopState, body: kopf.Body, patch: kopf.Patch,
+def _patch_status(shared: state.Shared, namespace: str, name: str, fields: dict[str, Any],
+                  resource_version: str | None) -> None:
+    shared.status_api().patch_status("creditsyncs", namespace, name, fields,
+                                     resource_version=resource_version)
+
+
+async def write_status(
+    shared: state.Shared, body: kopf.Body, fields: dict[str, Any], updates: list[Condition],
+    *, generation: int | None, now: dt.datetime,
+) -> bool:
+    """Merge-patch `fields` and `updates` into the status now; False when it did not land.
+
+    The conditions are merged into the live body's and sent whole, with the body's
+    resourceVersion: if the object changed meanwhile, the write is computed again from the
+    newer body that kopf's watch brings.
+    """
+    meta = body.metadata
+    for _ in range(WRITE_ATTEMPTS):
+        patch = {**fields, "observedGeneration": generation,
+                 "conditions": conditions.merge(body.status.get("conditions") or [], updates,
+                                                generation=generation, now=now)}
+        try:
+            await state.blocking(shared.executor, _patch_status, shared, str(meta.namespace),
+                                 str(meta.name), patch, meta.get("resourceVersion"))
+            return True
+        except kube.Conflict:
+            await asyncio.sleep(WRITE_RETRY)
+        except Exception as exc:  # the next run writes its status again
+            log.warning("cannot write the status of %s: %s", _where(meta),
+                        status.describe_error(exc))
+            return False
+    log.warning("cannot write the status of %s: it kept changing meanwhile", _where(meta))
+    return False
+
+
+async def _report(
+    shared: state.Shared, loop: schedule.LoopState, body: kopf.Body, fields: dict[str, Any],
     updates: list[Condition], generation: int | None,
 ) -> None:
-    """Write `updates`; on entering or leaving Degraded, post an Event and alert."""
-    patch.fns.append(conditions.patch_fn(updates, generation=generation,
-                                         now=clock.utcnow()))
-    patch.status["observedGeneration"] = generation
-    cond = status.degraded(updates)
-    if cond is None:
-        return
+    """Write `fields` and `updates`; on entering or leaving Degraded, post an Event and alert."""
     if loop.degraded is None:  # first report since start: continue from the status
         old = conditions.get(body.status.get("conditions"), conditions.DEGRADED)
         loop.degraded = str(old.get("reason")) if old and old.get("status") == "True" else ""
+    await write_status(shared, body, fields, updates, generation=generation,
+                       now=clock.utcnow())
+    cond = status.degraded(updates)
+    if cond is None:
+        return
     was, now = loop.degraded, cond.reason if cond.status == "True" else ""
     loop.degraded = now
     where = _where(body.metadata)
@@ -128,28 +165,21 @@ def _report(
         shared.alert(alerts.recovered(where, f"No longer {was}: the last run succeeded."))
 
 
-@kopf.timer(*resources.CREDITSYNCS, id="converge", interval=POLL)
-async def converge(
-    body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, patch: kopf.Patch,
-    **kwargs: Any,
-) -> None:
-    """Wait for this CreditSync's next turn, act on it, and report."""
-    stopped: kopf.DaemonStopped = kwargs["stopped"]  # kopf's TimerFn leaves it to **kwargs
-    shared = state.shared(memo)
-    loop = state.loop_state(memo)
-    decision = await _turn(shared, loop, spec, meta, stopped)
-    if decision is None:
-        return
+async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
+              decision: schedule.Decision) -> None:
+    """Do what `decision` says (report a bad or suspended spec, or run), and report it."""
+    meta = body.metadata
     generation = meta.get("generation")
     if decision.kind == "invalid":
         schedule.reported(loop, "invalid", generation)
         kopf.event(body, type="Warning", reason=status.INVALID_SPEC, message=decision.error)
-        _report(shared, loop, body, patch, status.invalid_conditions(decision.error), generation)
+        await _report(shared, loop, body, {}, status.invalid_conditions(decision.error),
+                      generation)
         return
     if decision.kind == "suspended" or decision.spec is None:
         schedule.reported(loop, "suspended", generation)
         kopf.event(body, type="Normal", reason=status.SUSPENDED, message="convergence suspended")
-        _report(shared, loop, body, patch, status.suspended_conditions(), generation)
+        await _report(shared, loop, body, {}, status.suspended_conditions(), generation)
         return
 
     schedule.started(loop, generation=generation, plan_generation=shared.plan_generation,
@@ -161,9 +191,11 @@ async def converge(
     except Exception as exc:
         delay = schedule.failed(loop, decision.trigger, time.monotonic())
         reason, message = status.error_reason(exc), status.describe_error(exc)
-        _report(shared, loop, body, patch, status.error_conditions(reason, message, delay),
-                generation)
-        raise kopf.TemporaryError(f"{reason}: {message}", delay=delay) from exc
+        log.warning("%s: the %s run failed (%s: %s); retrying in %.0fs", _where(meta),
+                    decision.trigger, reason, message, delay)
+        await _report(shared, loop, body, {}, status.error_conditions(reason, message, delay),
+                      generation)
+        return
     summary = outcome.summary
     if summary is None:
         schedule.skipped(loop, decision.trigger, time.monotonic())
@@ -171,10 +203,34 @@ async def converge(
     schedule.succeeded(loop)
     fields = status.for_run(summary, outcome.backlog, generation=generation,
                             now=clock.utcnow())
-    for key, value in fields.items():
-        patch.status[key] = value
-    _report(shared, loop, body, patch, status.run_conditions(summary), generation)
+    await _report(shared, loop, body, fields, status.run_conditions(summary), generation)
     events.post(body, events.for_run(summary))
     for alert in alerts.for_run(summary) + alerts.for_backlog(loop.backlog, outcome.backlog):
         shared.alert(alert)
     loop.backlog = dict(outcome.backlog)
+
+
+@kopf.daemon(*resources.CREDITSYNCS, id="converge", cancellation_timeout=CANCELLATION_TIMEOUT)
+async def converge(
+    body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo,
+    stopped: kopf.DaemonStopped, **_: Any,
+) -> None:
+    """Converge this CreditSync whenever `schedule.decide` says so, until stopped."""
+    shared = state.shared(memo)
+    loop = state.loop_state(memo)  # in the object's memo: a restarted daemon continues it
+    uid = str(meta.get("uid"))
+    inbox_due = time.monotonic() + INBOX_EVERY
+    while not stopped:
+        shared.beat(uid)
+        parsed = _parse(spec)  # `spec` and `meta` are live views of the object
+        now = time.monotonic()
+        decision = schedule.decide(loop, parsed, generation=meta.get("generation"),
+                                   plan_generation=shared.plan_generation, now=now)
+        if decision is not None:
+            await act(shared, loop, body, decision)
+            inbox_due = time.monotonic() + INBOX_EVERY
+        elif (isinstance(parsed, specs.SyncSpec) and not parsed.suspend and not parsed.dry_run
+                and loop.retry_trigger is None and now >= inbox_due):
+            await _retry_inbox(shared)
+            inbox_due = time.monotonic() + INBOX_EVERY
+        await stopped.wait(POLL)
