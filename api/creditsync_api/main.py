@@ -1,8 +1,9 @@
 """The app factory: `create_app(settings)` builds the FastAPI sidecar.
 
 Secrets are required up front (fail closed). The lifespan builds the engine (unless one is
-passed in, which the caller then owns) and refuses to start on an outdated schema. The
-pages `/billing` and `/admin` will be routers like the others.
+passed in, which the caller then owns) and refuses to start on an outdated schema. Every
+route, the pages `/billing` and `/admin` and the docs at `/docs` too, is a router under
+`routes/`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from creditsync_api.routes import (
     admin,
     billing,
     credits,
+    docs,
     health,
     pages,
     plans,
@@ -33,7 +35,7 @@ POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
 ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
 ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
-           health.router, plans.router, vocabulary.router, pages.router)
+           health.router, plans.router, vocabulary.router, pages.router, docs.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.
@@ -83,7 +85,8 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
 
     app = FastAPI(title="creditsync", summary="Credits that always match the plan.",
                   description=DESCRIPTION, version=_version(), openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # FastAPI's load a CDN: routes/docs.py
     app.state.creditsync = state
     errors.install(app)
     for router in ROUTERS:

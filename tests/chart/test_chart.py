@@ -43,8 +43,8 @@ K8S_VERSIONS = (kubernetes_validate.utils.all_versions()[0],
                 kubernetes_validate.utils.latest_version())
 PROMETHEUS_KINDS = {"ServiceMonitor", "PrometheusRule"}
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # in-cluster config
-INTERNAL_ROUTES = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect",
-                   "/redoc", "/openapi.json"}
+INTERNAL_ROUTES = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/assets/{name}",
+                   "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
 
 def pods(manifests: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
