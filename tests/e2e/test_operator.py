@@ -294,7 +294,7 @@ def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
 
 def test_start_up_converges_drift_and_reports_it(system: System) -> None:
     drifted = seed.drifted_count(INSTANCES, DRIFTED_PCT)
-    # the conditions are a patch of their own, landing just after the rest: wait for both
+    # the status and its conditions land in one patch once the run is over
     obj = system.wait_sync("the start-up run's status", lambda s: s.get("status", {}).get(
         "lastSyncTime") and status_of(s, "Ready") == ("True", "Synced"))
     status = obj["status"]
@@ -461,7 +461,7 @@ def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
     system.hand_edit(["seed-0000031", "seed-0000032", "seed-0000033"], 3)
     system.patch("creditsyncs", "creditsync", {"dryRun": True})
     try:
-        # the conditions are a patch of their own, landing just after lastRun: wait for both
+        # lastRun and the conditions land in one patch once the run is over
         obj = system.wait_sync("the dry run's status", lambda s: s["status"]["lastRun"][
             "dryRun"] and status_of(s, "Ready") == ("True", "DryRun"))
         assert obj["status"]["drifted"] == 3
