@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import clock, drift, inbox, locks, policy_store, seed
+from creditsync import catalog, clock, drift, inbox, locks, policy_store, seed
 from creditsync.storage import database, models
 from creditsync_api import devkeys, tokens, wix
 from tests.e2e.conftest import (
@@ -622,8 +622,9 @@ def test_the_creditsync_policy_governs_the_webhook_path(
                 assert used.status_code == 200, used.text
                 assert hook("PaidPlanChanged", "pro", now) == "applied"
                 credits = httpx.get(f"{base}/api/billing/credits", headers=auth).json()
+                pro = next(p for p in catalog.current(system.engine) if p.id == "pro")
                 assert (credits["plan"], credits["creditsTotal"], credits["creditsUsed"]) == (
-                    "pro", 5000, 40)
+                    "pro", pro.monthly_credits, 40)  # an earlier test changed pro's credits
                 assert credits["inSync"] is True
                 policy = httpx.get(f"{base}/api/admin/policy", headers={
                     "Authorization": f"Bearer {keys.admin_token}"}).json()
