@@ -17,7 +17,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
-from creditsync import clock, config, ingest
+from creditsync import clock, config, ingest, marketplace
 from creditsync_api import errors, metrics, tokens
 
 Before = Annotated[int | None, Query(ge=1, le=2**63 - 1,
@@ -33,6 +33,7 @@ class State:
     metrics: metrics.Metrics
     engine: Engine | None = None
     ingress: ingest.Ingress | None = None  # the webhook's ingest service
+    marketplace: marketplace.Client | None = None  # the second source (None: off)
 
 
 def state_of(request: Request) -> State:

@@ -68,6 +68,7 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
         settings=settings,
         wix_key=wix.load_public_key(settings.wix_public_key.get_secret_value()),
         metrics=metrics.Metrics(lambda: deps.require_engine(state)))
+    made.marketplace_client()  # a wrong marketplace set-up fails here, not at the first call
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,11 +76,16 @@ def create_app(settings: config.Settings, engine: Engine | None = None) -> FastA
         try:
             await anyio.to_thread.run_sync(made.require_schema)
             state.ingress = await made.ingress(threads=POOL_SIZE, pool_size=ASYNC_POOL_SIZE)
+            state.marketplace = made.marketplace_client(
+                on_request=state.metrics.marketplace_request)
             yield
         finally:
             if state.ingress is not None:
                 await state.ingress.close()
                 state.ingress = None
+            if state.marketplace is not None:
+                state.marketplace.close()
+                state.marketplace = None
             made.close()
             state.engine = None
 

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, reports, subscriptions
+from creditsync import audit, convergence, marketplace, reports, subscriptions
 
 log = logging.getLogger("creditsync.api.metrics")
 
@@ -55,11 +55,38 @@ class Metrics:
         self.admin_auth_failures = Counter(
             "creditsync_admin_auth_failures", "Admin API requests refused with 401, by reason "
             "(missing_admin_token, bad_admin_token).", ["reason"], registry=r)
+        self.marketplace_requests = Counter(
+            "creditsync_marketplace_requests", "Requests to the marketplace's API, by endpoint "
+            "(token, instance) and outcome (ok, an HTTP status, timeout, unreachable, invalid).",
+            ["endpoint", "outcome"], registry=r)
+        self.marketplace_seconds = Histogram(
+            "creditsync_marketplace_request_seconds",
+            "Latency of the marketplace's API, by endpoint.", ["endpoint"],
+            buckets=(.01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0), registry=r)
+        self.marketplace_token_cache_hits = Counter(
+            "creditsync_marketplace_token_cache_hits",
+            "Lookups that reused a cached access token.", registry=r)
+        self.disagreements = Counter(
+            "creditsync_marketplace_disagreements", "Instances on which the marketplace "
+            "disagreed with our subscription, by action (healed, would_heal, quarantined, "
+            "none).", ["action"], registry=r)
         r.register(_DatabaseGauges(engine))
 
     def webhook(self, event_type: str, outcome: str) -> None:
         label = event_type if event_type in KNOWN_EVENTS else "other"
         self.webhooks.labels(label, outcome).inc()
+
+    def marketplace_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """The marketplace client's hook: one request and how it ended."""
+        if outcome == marketplace.CACHED:
+            self.marketplace_token_cache_hits.inc()
+            return
+        self.marketplace_requests.labels(endpoint, outcome).inc()
+        self.marketplace_seconds.labels(endpoint).observe(seconds)
+
+    def observe_audit(self, report: audit.Report) -> None:
+        for found in report.disagreements:
+            self.disagreements.labels(found.action.value).inc()
 
     def observe_run(self, summary: convergence.Summary) -> None:
         """Record a convergence run (also the hook `creditsync run` gives the loop)."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.alias_generators import to_camel
 
 from creditsync import (
+    audit,
     config,
     convergence,
     enums,
@@ -167,6 +168,59 @@ class Step(ApiModel):
                    after=Numbers.from_core(step.after))
 
 
+class Disagreement(ApiModel):
+    """The marketplace's plan for an instance beside ours, and what the audit did."""
+
+    model_config = _example(instanceId="9f1c2b7e", ourPlan="free", marketplacePlan="pro",
+                            action="healed")
+    instance_id: str
+    our_plan: str
+    marketplace_plan: str
+    action: enums.AuditAction
+
+    @classmethod
+    def from_core(cls, found: audit.Disagreement) -> Self:
+        return cls(instance_id=found.instance_id, our_plan=found.our_plan,
+                   marketplace_plan=found.marketplace_plan, action=found.action)
+
+
+class AuditRequest(ApiModel):
+    """Ask the marketplace about `instanceIds`, or every installed instance with `all: true`;
+    `dryRun` only reports."""
+
+    model_config = _config({"instanceIds": ["9f1c2b7e"], "dryRun": True},
+                           {"all": True, "dryRun": False}, forbid=True)
+    instance_ids: list[InstanceId] | None = Field(default=None, min_length=1, max_length=1000)
+    all: bool = False
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Self:
+        if self.all == (self.instance_ids is not None):
+            raise ValueError("say what to audit: either instanceIds or all: true")
+        return self
+
+
+class AuditResult(ApiModel):
+    """`{"checked", "disagreed", "healed", "errors", "disagreements"}`, as `creditsync audit
+    --json` prints it."""
+
+    model_config = _example(checked=3, disagreed=1, healed=1, errors=0, disagreements=[
+        {"instanceId": "9f1c2b7e", "ourPlan": "free", "marketplacePlan": "pro",
+         "action": "healed"}])
+    checked: int
+    disagreed: int
+    healed: int
+    errors: int
+    disagreements: list[Disagreement]
+
+    @classmethod
+    def from_core(cls, report: audit.Report) -> Self:
+        return cls(checked=report.checked, disagreed=report.disagreed, healed=report.healed,
+                   errors=report.errors,
+                   disagreements=[Disagreement.from_core(d) for d in report.disagreements])
+
+
 class SyncCreditsResult(ApiModel):
     """`POST /api/billing/sync-credits`: the credits before and after, and what changed."""
 
@@ -179,12 +233,21 @@ class SyncCreditsResult(ApiModel):
     before: Credits
     after: Credits
     changes: list[Step]
+    marketplace: Disagreement | None = Field(
+        default=None, description="The marketplace disagreed with our plan (the source is "
+                                  "on): what it said and what was done.")
+    marketplace_error: str | None = Field(
+        default=None, description="The marketplace could not be asked (nothing changed; the "
+                                  "instance is first in line for the next audit).")
 
     @classmethod
     def from_core(cls, resync: manual.Resync) -> Self:
         return cls(before=Credits.from_core(resync.before),
                    after=Credits.from_core(resync.after),
-                   changes=[Step.from_core(step) for step in resync.steps])
+                   changes=[Step.from_core(step) for step in resync.steps],
+                   marketplace=Disagreement.from_core(resync.marketplace)
+                   if resync.marketplace else None,
+                   marketplace_error=resync.marketplace_error)
 
 
 _ENTRY = {"id": 42, "at": _T0, "kind": "plan_change", "actor": "webhook",

@@ -88,6 +88,17 @@ def _positive_integer(value: object, info: ValidationInfo) -> object:
     return number
 
 
+def _positive_number(value: object, info: ValidationInfo) -> object:
+    try:
+        number = float(value) if isinstance(value, str | int | float) else -1.0
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError(f"{variable(str(info.field_name))}={value!r}: use a positive number "
+                         "(requests per second)")
+    return number
+
+
 def _usage_policy(value: object, info: ValidationInfo) -> object:
     if value not in USAGE_POLICIES:
         raise ValueError(f"{variable(str(info.field_name))}={value!r}: use one of "
@@ -117,6 +128,11 @@ class Settings(pydantic_settings.BaseSettings):
     alert_webhook_url: SecretStr | None = None  # may carry a token in its path
     alert_smtp_url: SecretStr | None = None  # may carry a password
     alert_throttle: Duration = dt.timedelta(minutes=15)
+    # the marketplace as a second source of desired state: on when the app id is set
+    wix_app_id: str | None = None  # the OAuth client id; the secret is `app_secret`
+    wix_api_url: str = "https://www.wixapis.com"
+    marketplace_audit_interval: Duration = dt.timedelta(hours=6)  # 0: no periodic audit
+    marketplace_rate: Annotated[float, BeforeValidator(_positive_number)] = 5.0
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -5,8 +5,9 @@ The inbox's blocking path (`inbox.process`, SQLAlchemy) and its async path on Po
 subscription and numbers, the catalog, the policy — call `decide()`, and write what it
 returns. Only the reading and the writing differ; a property test keeps the two paths equal.
 
-The order of decisions: an event type nobody acts on is `ignored`; a plan event whose
-product the catalog cannot resolve is `quarantined` (retried once the catalog can); a
+The order of decisions: an event type nobody acts on is `ignored`; a plan event (or a
+marketplace snapshot of a paid package) whose product the catalog cannot resolve is
+`quarantined` (retried once the catalog can, downgrading nobody meanwhile); a
 purchase or install creates a missing instance on the default plan; an event older than the
 newest accepted one is `stale`; otherwise the subscription takes its next state and the
 instance converges to it (`policy.transition`).
@@ -87,7 +88,8 @@ def decide(
     if event.event_type not in subscriptions.EVENT_TYPES:
         return Decision(Status.IGNORED)
     plan_id: str | None = None
-    if event.event_type in subscriptions.PLAN_EVENTS:
+    if event.event_type in subscriptions.PLAN_EVENTS or (
+            event.event_type == subscriptions.SNAPSHOT and event.product_id is not None):
         plan = cat.resolve(event.product_id or "")
         if plan is None:
             return Decision(Status.QUARANTINED)

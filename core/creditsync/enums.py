@@ -81,3 +81,12 @@ class SubscriptionStatus(StrEnum):
     ACTIVE = "active"
     CANCELLED = "cancelled"  # renewal off, paid until `expires_at`
     REMOVED = "removed"  # the app was uninstalled
+
+
+class AuditAction(StrEnum):
+    """What the audit did about an instance the marketplace disagreed on."""
+
+    HEALED = "healed"  # the marketplace's view was applied
+    WOULD_HEAL = "would_heal"  # a dry run: it would be applied
+    QUARANTINED = "quarantined"  # a package no plan names: nobody downgraded, alerted
+    NONE = "none"  # nothing to do after all (e.g. a newer webhook already decided)

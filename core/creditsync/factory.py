@@ -14,7 +14,7 @@ from functools import cached_property
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, ingest, policy_store, runner
+from creditsync import alerts, config, ingest, marketplace, policy_store, runner
 from creditsync.storage import database, schema
 
 DEFAULT_POOL_SIZE = 5
@@ -56,11 +56,31 @@ class Factory:
         """The policy every process converges with, as stored."""
         return policy_store.current(self.engine)
 
+    def marketplace_client(
+        self, on_request: marketplace.Hook | None = None
+    ) -> marketplace.Client | None:
+        """The marketplace's API, or None when `CREDITSYNC_WIX_APP_ID` is unset (source off).
+
+        Raises `ConfigError` when the app id is set without `CREDITSYNC_APP_SECRET`.
+        """
+        app_id = self.settings.wix_app_id
+        if not app_id:
+            return None
+        secret = self.settings.app_secret
+        if secret is None or not secret.get_secret_value():
+            raise config.ConfigError(
+                "CREDITSYNC_WIX_APP_ID is set but CREDITSYNC_APP_SECRET is not: the marketplace "
+                "source needs the app's secret (its OAuth client secret)")
+        return marketplace.Client(self.settings.wix_api_url, app_id, secret.get_secret_value(),
+                                  rate=self.settings.marketplace_rate, on_request=on_request)
+
     def runner(self, *, alerter: alerts.Alerter | None = None,
-               interval: dt.timedelta | None = None) -> runner.Runner:
-        """The standalone convergence loop."""
+               interval: dt.timedelta | None = None,
+               client: marketplace.Client | None = None) -> runner.Runner:
+        """The standalone convergence loop (and the periodic audit when `client` is given)."""
         return runner.Runner(self.engine, interval or self.settings.sync_interval,
-                             self.settings.batch_size, alerter=alerter)
+                             self.settings.batch_size, alerter=alerter, marketplace=client,
+                             audit_interval=self.settings.marketplace_audit_interval)
 
     async def ingress(self, *, threads: int, pool_size: int) -> ingest.Ingress:
         """The webhook's ingest service on this engine (an async pool on PostgreSQL)."""

@@ -17,34 +17,49 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 ADVISORY_KEY = 0x63726564  # "cred"
+AUDIT_KEY = 0x61756474  # "audt": the marketplace audit's own runner lock
 
 
 @contextmanager
 def convergence_lock(engine: Engine) -> Iterator[bool]:
     """Yield True while this process holds the lock, False if another runner has it."""
+    with _runner_lock(engine, ADVISORY_KEY, ".converge.lock") as held:
+        yield held
+
+
+@contextmanager
+def audit_lock(engine: Engine) -> Iterator[bool]:
+    """The same, for the marketplace audit: one active auditor, which never holds up a
+    convergence (an audit batch waits on the marketplace's request rate)."""
+    with _runner_lock(engine, AUDIT_KEY, ".audit.lock") as held:
+        yield held
+
+
+@contextmanager
+def _runner_lock(engine: Engine, key: int, suffix: str) -> Iterator[bool]:
     if engine.dialect.name == "sqlite":
-        with _file_lock(engine) as held:
+        with _file_lock(engine, suffix) as held:
             yield held
         return
     with engine.connect() as conn:
         held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"),
-                                 {"k": ADVISORY_KEY}).scalar_one())
+                                 {"k": key}).scalar_one())
         conn.commit()
         try:
             yield held
         finally:
             if held:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
 
 
 @contextmanager
-def _file_lock(engine: Engine) -> Iterator[bool]:
+def _file_lock(engine: Engine, suffix: str) -> Iterator[bool]:
     database = engine.url.database
     if not database or database == ":memory:":
         yield True
         return
-    path = Path(database).expanduser().resolve().with_suffix(".converge.lock")
+    path = Path(database).expanduser().resolve().with_suffix(suffix)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:

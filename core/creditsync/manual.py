@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, enums, errors, instances, policy
+from creditsync import alerts, audit, convergence, enums, errors, instances, marketplace, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -27,6 +27,8 @@ class Resync:
     before: instances.Credits
     after: instances.Credits
     summary: convergence.Summary
+    marketplace: audit.Disagreement | None = None  # the marketplace changed the plan
+    marketplace_error: str | None = None  # it could not be asked (nothing changed)
 
     @property
     def steps(self) -> list[policy.Step]:
@@ -62,9 +64,11 @@ def claim_window(
 
 def sync_instance(
     engine: Engine, instance_id: str, *, now: dt.datetime, pol: policy.Policy | None = None,
-    interval: dt.timedelta | None = INTERVAL,
+    interval: dt.timedelta | None = INTERVAL, client: marketplace.Client | None = None,
+    alerter: alerts.Alerter | None = None,
 ) -> Resync:
-    """Converge `instance_id` (at most once per `interval`; None: no limit).
+    """Converge `instance_id` (at most once per `interval`; None: no limit), after asking
+    the marketplace what it pays for when `client` is given.
 
     Raises `errors.UnknownInstance` if it was never provisioned, `errors.RateLimited` when
     called again within the window.
@@ -72,7 +76,10 @@ def sync_instance(
     if interval is not None:
         claim_window(engine, instance_id, now, interval)
     before = instances.credits(engine, instance_id, now=now, pol=pol)
-    summary = convergence.converge(engine, trigger="manual", actor=enums.Actor.MANUAL,
-                                   instance_ids=[instance_id], now=now, pol=pol)
+    seen, error = (None, None) if client is None else audit.ask(
+        engine, client, instance_id, now=lambda: now, alerter=alerter)
+    summary = convergence.converge(engine, trigger=enums.Trigger.MANUAL,
+                                   actor=enums.Actor.MANUAL, instance_ids=[instance_id],
+                                   now=now, pol=pol)
     after = instances.credits(engine, instance_id, now=now, pol=pol)
-    return Resync(before, after, summary)
+    return Resync(before, after, summary, seen, error)

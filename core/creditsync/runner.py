@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, clock, convergence, enums, inbox, locks, policy
+from creditsync import alerts, audit, clock, convergence, enums, inbox, locks, marketplace, policy
 
 log = logging.getLogger("creditsync.runner")
 
 RunHook = Callable[[convergence.Summary], None]
+AuditHook = Callable[[audit.Report], None]
+AUDIT_BATCH_S = 30.0  # one audit batch: about this many seconds of marketplace requests
+AUDIT_IDLE_S = 10.0  # how long the audit sleeps when nothing is due
 
 
 def retry_inbox(engine: Engine) -> dict[str, int]:
@@ -57,6 +60,26 @@ def guarded_run(
                                     batch_size=batch_size, dry_run=dry_run)
 
 
+def guarded_audit(
+    engine: Engine, client: marketplace.Client, interval: dt.timedelta, *,
+    alerter: alerts.Alerter | None = None, should_stop: Callable[[], bool] = lambda: False,
+    batch: int | None = None,
+) -> audit.Report | None:
+    """Audit one batch of the instances not checked for `interval` (least recently checked
+    first), holding the audit lock; None when another runner holds it.
+
+    A batch is about `AUDIT_BATCH_S` seconds of requests at the client's rate, so a stop
+    is noticed soon and the audit walks every installed instance at the allowed rate.
+    """
+    with locks.audit_lock(engine) as held:
+        if not held:
+            return None
+        size = batch or max(1, int(client.rate * AUDIT_BATCH_S))
+        return audit.run(engine, client, limit=size,
+                         checked_before=clock.utcnow() - interval, alerter=alerter,
+                         should_stop=should_stop)
+
+
 @dataclass
 class Runner:
     engine: Engine
@@ -67,6 +90,9 @@ class Runner:
     on_error: list[Callable[[Exception], None]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     alerter: alerts.Alerter | None = None
+    marketplace: marketplace.Client | None = None  # the periodic audit, when set
+    audit_interval: dt.timedelta = dt.timedelta(hours=6)  # 0: no periodic audit
+    on_audit: list[AuditHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.alerter is not None:
@@ -105,7 +131,32 @@ class Runner:
             else:
                 self._guarded(self.retry_inbox, "inbox retry")
 
+    def audit_due(self) -> audit.Report | None:
+        """One batch of the periodic audit: instances not checked for `audit_interval`."""
+        assert self.marketplace is not None
+        report = guarded_audit(self.engine, self.marketplace, self.audit_interval,
+                               alerter=self.alerter, should_stop=self.stopping.is_set)
+        if report is not None and report.checked + report.errors:
+            for hook in self.on_audit:
+                hook(report)
+        return report
+
+    def serve_audit(self) -> None:
+        """The periodic audit until `stopping` is set: batches while some are due."""
+        while not self.stopping.is_set():
+            report: audit.Report | None = None
+            try:
+                report = self.audit_due()
+            except Exception as exc:
+                log.error("marketplace audit failed: %s; retrying in %ss", exc, AUDIT_IDLE_S,
+                          extra={"error": f"{type(exc).__name__}: {exc}"})
+            busy = report is not None and report.checked + report.errors > 0
+            self.stopping.wait(0 if busy else AUDIT_IDLE_S)
+
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve, name="creditsync-loop", daemon=True)
         thread.start()
+        if self.marketplace is not None and self.audit_interval > dt.timedelta(0):
+            threading.Thread(target=self.serve_audit, name="creditsync-audit",
+                             daemon=True).start()
         return thread

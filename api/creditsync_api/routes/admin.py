@@ -12,7 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import convergence, enums, inbox, instances, policy_store, reports, usage
+from creditsync import audit, convergence, enums, inbox, instances, policy_store, reports, usage
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
@@ -182,3 +182,22 @@ def get_policy(engine: EngineDep) -> schemas.Policy:
     and where they came from (a `CreditSync`, `creditsync run`'s environment, or the
     built-in defaults)."""
     return schemas.Policy.from_core(policy_store.current(engine))
+
+
+@router.post("/audit", summary="Ask the marketplace and heal disagreements",
+             response_model=schemas.AuditResult, responses=errors.responses(400, 401, 409, 503))
+def run_audit(
+    body: schemas.AuditRequest, state: StateDep, engine: EngineDep,
+) -> schemas.AuditResult:
+    """For the listed instances (or every installed one), what the marketplace's own API
+    says the site pays for, beside our subscription; disagreements are healed (applied like
+    a missed webhook) unless `dryRun`. 409 when the marketplace source is off (set
+    `CREDITSYNC_WIX_APP_ID`)."""
+    if state.marketplace is None:
+        raise errors.ApiError(409, "marketplace_off",
+                              "the marketplace source is off: set CREDITSYNC_WIX_APP_ID (and "
+                              "CREDITSYNC_APP_SECRET) to turn it on")
+    report = audit.run(engine, state.marketplace, dry_run=body.dry_run,
+                       instance_ids=None if body.all else body.instance_ids)
+    state.metrics.observe_audit(report)
+    return schemas.AuditResult.from_core(report)

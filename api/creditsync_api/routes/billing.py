@@ -30,11 +30,16 @@ def credits(
 def sync_credits(
     caller: InstanceDep, state: StateDep, engine: EngineDep, now: NowDep
 ) -> schemas.SyncCreditsResult:
-    """The "Sync Credits" button: repair the instance's credits if they differ from its
-    plan, and answer the credits before and after with the list of changes. At most one
-    call per instance every 5 seconds (429 with `Retry-After`)."""
-    resync = manual.sync_instance(engine, caller.instance_id, now=now)
+    """The "Sync Credits" button: with the marketplace source on, ask the marketplace what
+    the site pays for first (`marketplace` says when that changed the plan); then repair the
+    instance's credits if they differ from its plan, and answer the credits before and
+    after with the list of changes. At most one call per instance every 5 seconds (429 with
+    `Retry-After`)."""
+    resync = manual.sync_instance(engine, caller.instance_id, now=now,
+                                  client=state.marketplace)
     state.metrics.observe_run(resync.summary)
+    if resync.marketplace is not None:
+        state.metrics.disagreements.labels(resync.marketplace.action.value).inc()
     return schemas.SyncCreditsResult.from_core(resync)
 
 

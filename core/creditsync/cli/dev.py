@@ -133,3 +133,42 @@ def token(instance_id: str, uid: str, anonymous: bool, age: int, dev_dir: Path) 
     click.echo(tokens.sign(keys.app_secret, instance_id, now=signed,
                            uid=None if anonymous else uid,
                            aid="dev-visitor" if anonymous else None))
+
+
+@group.command("marketplace")
+@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--app-id", default="dev-app", show_default=True,
+              help="The client id it accepts (set CREDITSYNC_WIX_APP_ID to the same).")
+@click.option("--dev-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".creditsync-dev"), show_default=True,
+              help="Its client secret is the app secret `creditsync run --dev` made here.")
+@click.option("--paid", "paid", multiple=True, metavar="INSTANCE=PACKAGE",
+              help="Say from the start that INSTANCE pays for PACKAGE (repeatable).")
+def marketplace_cmd(port: int, app_id: str, dev_dir: Path, paid: tuple[str, ...]) -> None:
+    """Serve a STAND-IN of the marketplace's API (not Wix) on 127.0.0.1, for trying the
+    audit: `PUT /_standin/instances/ID` with {"package": "pro"} or {"free": true} sets what
+    it says about an instance."""
+    from creditsync import marketplace_standin
+
+    standin = marketplace_standin.StandIn(app_id, _keys(dev_dir).app_secret)
+    for item in paid:
+        instance_id, sep, package = item.partition("=")
+        if not sep or not instance_id or not package:
+            raise click.UsageError(f"--paid {item!r}: use INSTANCE=PACKAGE, e.g. demo-2=pro")
+        standin.set_paid(instance_id, package)
+    running = marketplace_standin.serve(standin, port=port)
+    exe = Path(sys.argv[0]).name if Path(sys.argv[0]).name == "creditsync" else sys.argv[0]
+    click.echo(f"""marketplace STAND-IN (not Wix) on {running.url}; Ctrl-C stops it.
+Point creditsync at it, in the terminal that runs `creditsync run --dev`:
+
+  export CREDITSYNC_WIX_APP_ID={app_id} CREDITSYNC_WIX_API_URL={running.url}
+
+Say that an instance pays for Pro (its webhook never came), then heal it:
+
+  curl -s -X PUT -d '{{"package": "pro"}}' {running.url}/_standin/instances/demo-2
+  {exe} audit --instance demo-2      # our plan free → marketplace pro: healed
+""")
+    try:
+        running.thread.join()
+    except KeyboardInterrupt:
+        running.stop()

@@ -16,7 +16,16 @@ from creditsync import (
     policy,
     policy_store,
 )
-from creditsync.cli import dev, drift, operator_cmd, plans_cmd, policy_cmd, serve, webhooks
+from creditsync.cli import (
+    audit_cmd,
+    dev,
+    drift,
+    operator_cmd,
+    plans_cmd,
+    policy_cmd,
+    serve,
+    webhooks,
+)
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
 
@@ -106,11 +115,21 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     if stored.from_creditsync:
         log.warning("converging with the policy %s wrote, not this environment's",
                     stored.source, extra={"policy_source": stored.source})
-    loop = ctx.factory.runner(alerter=alerter)
-    log.info("creditsync running on %s, converging every %ss",
+    app = None if no_api else serve.build_app(ctx)
+    metrics = None if app is None else app.state.creditsync.metrics
+    try:
+        client = ctx.factory.marketplace_client(
+            on_request=None if metrics is None else metrics.marketplace_request)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    loop = ctx.factory.runner(alerter=alerter, client=client)
+    log.info("creditsync running on %s, converging every %ss%s",
              database.describe(ctx.settings.database_url),
-             int(ctx.settings.sync_interval.total_seconds()))
-    if no_api:
+             int(ctx.settings.sync_interval.total_seconds()),
+             "" if client is None or not ctx.settings.marketplace_audit_interval else
+             f"; asking the marketplace about each instance every "
+             f"{config.format_duration(ctx.settings.marketplace_audit_interval)}")
+    if app is None:
         # The loop runs in its own thread: a signal handler that sets the event the main
         # thread is waiting on would deadlock on the event's lock.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,8 +138,8 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
         while thread.is_alive():
             thread.join(0.5)
         return
-    app = serve.build_app(ctx)
     loop.on_run.append(app.state.creditsync.metrics.observe_run)
+    loop.on_audit.append(app.state.creditsync.metrics.observe_audit)
     thread = loop.start()
     if dev:
         click.echo(serve.dev_banner(host, port))
@@ -148,6 +167,7 @@ def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
     serve.serve(serve.build_app(ctx), host, port, access_log)
 
 
+cli.add_command(audit_cmd.command)
 cli.add_command(drift.check)
 cli.add_command(drift.sync)
 cli.add_command(plans_cmd.group)

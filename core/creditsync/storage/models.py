@@ -155,10 +155,13 @@ class Instance(Base):
     last_synced_at: Mapped[dt.datetime | None]
     # the last Sync Credits call: a guarded update of it is the per-instance rate limit
     last_manual_sync_at: Mapped[dt.datetime | None]
+    # when the marketplace was last asked about it (None: never, first in the audit's line)
+    last_audited_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
         Index("ix_instances_period_end", "period_end"),
         Index("ix_instances_plan_id", "plan_id"),
+        Index("ix_instances_last_audited_at", "last_audited_at", "instance_id"),
         # covers the drift test, so a steady-state scan is index-only
         Index("ix_instances_drift", "instance_id", "plan_id", "credits_total", "applied_rev",
               "period_end"),
