@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from creditsync import catalog
 from creditsync.storage import database, schema
+from tests.support import scheduling
 from tests.support.postgres import PostgresCluster
 
 TEMPLATE = "creditsync_template"
@@ -34,6 +36,12 @@ def prepare(url: str) -> None:
             catalog.seed(conn, None, T0)
     finally:
         engine.dispose()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `pytest -n N`: whole-system modules stay whole (`tests.support.scheduling`)."""
+    return scheduling.WholeModules(config, log)
 
 
 @pytest.fixture(scope="session")
