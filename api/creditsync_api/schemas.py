@@ -190,6 +190,14 @@ class AuditRequest(ApiModel):
 
     model_config = _config({"instanceIds": ["9f1c2b7e"], "dryRun": True},
                            {"all": True, "dryRun": False}, forbid=True)
+    model_config["json_schema_extra"] = {
+        **model_config["json_schema_extra"],  # type: ignore[dict-item]
+        "oneOf": [
+            {"required": ["instanceIds"], "properties": {"instanceIds": {"type": "array"},
+                                                         "all": {"const": False}}},
+            {"required": ["all"], "properties": {"all": {"const": True},
+                                                 "instanceIds": {"type": "null"}}},
+        ]}
     instance_ids: list[InstanceId] | None = Field(default=None, min_length=1, max_length=1000)
     all: bool = False
     dry_run: bool = False
@@ -519,6 +527,48 @@ class PlanCreditsOnDay(ApiModel):
     credits: int
 
 
+class AuditDay(ApiModel):
+    day: dt.date
+    checked: int
+    disagreed: int
+    healed: int
+    errors: int
+
+    @classmethod
+    def from_core(cls, found: reports.AuditDay) -> Self:
+        return cls(day=found.day, checked=found.checked, disagreed=found.disagreed,
+                   healed=found.healed, errors=found.errors)
+
+
+class Unanswered(ApiModel):
+    instance_id: str
+    checked_at: dt.datetime | None
+    error: str
+
+
+class AuditOverview(ApiModel):
+    """The marketplace audit: its last run, per day, and the instances it could not check."""
+
+    last_run_at: dt.datetime | None
+    last: AuditDay | None
+    per_day: list[AuditDay]
+    never_checked: int = Field(description="Installed instances never checked yet (first "
+                                           "in line).")
+    unanswered_count: int = Field(description="Instances whose last check the marketplace "
+                                              "could not answer.")
+    unanswered: list[Unanswered]
+
+    @classmethod
+    def from_core(cls, found: reports.AuditOverview) -> Self:
+        return cls(
+            last_run_at=found.last_run_at,
+            last=AuditDay.from_core(found.last) if found.last else None,
+            per_day=[AuditDay.from_core(d) for d in found.per_day],
+            never_checked=found.never_checked, unanswered_count=found.unanswered_count,
+            unanswered=[Unanswered(instance_id=u.instance_id, checked_at=u.checked_at,
+                                   error=u.error) for u in found.unanswered])
+
+
 class Stats(ApiModel):
     """For the admin dashboard: drift repairs per day, the inbox, usage by plan per day."""
 
@@ -534,6 +584,7 @@ class Stats(ApiModel):
         description="Drift repairs (credits that differed from the plan and were fixed).")
     webhooks_by_status: dict[str, int]
     credits_used_by_plan_per_day: list[PlanCreditsOnDay]
+    audit: AuditOverview
 
     @classmethod
     def from_core(cls, stats: reports.Stats) -> Self:
@@ -544,7 +595,8 @@ class Stats(ApiModel):
             webhooks_by_status=stats.webhooks_by_status,
             credits_used_by_plan_per_day=[
                 PlanCreditsOnDay(day=d.day, plan=d.plan, credits=d.credits)
-                for d in stats.credits_used_by_plan_per_day])
+                for d in stats.credits_used_by_plan_per_day],
+            audit=AuditOverview.from_core(stats.audit))
 
 
 class Policy(ApiModel):

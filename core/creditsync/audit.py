@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger("creditsync.audit")
 
 _i = models.INSTANCES
 _s = models.SUBSCRIPTIONS
+_runs = models.SYNC_RUNS
 MISSED_WEBHOOK = "missed_webhook"  # the alert key of a healed disagreement
 
 
@@ -180,8 +182,8 @@ def run(
             report.failures.append((instance_id, exc.message))
             log.warning("audit: instance %s not checked: %s", instance_id, exc.message,
                         extra={"instance_id": instance_id, "error": exc.code})
-            if not dry_run:
-                _checked(engine, instance_id, now())  # the next in line gets its turn
+            if not dry_run:  # the next in line gets its turn
+                _checked(engine, instance_id, now(), error=exc.message)
         else:
             report.checked += 1
             if found is not None:
@@ -193,6 +195,8 @@ def run(
         if progress is not None:
             progress(1)
     report.duration_s = time.perf_counter() - started
+    if not dry_run and report.checked + report.errors:
+        _record(engine, report, "all" if instance_ids is None else "instances")
     log.info(report.line(), extra={"audit": report.as_json() | {"disagreements": None}})
     return report
 
@@ -220,10 +224,23 @@ def ask(
     return found, None
 
 
-def _checked(engine: Engine, instance_id: str, at: dt.datetime) -> None:
+def _checked(
+    engine: Engine, instance_id: str, at: dt.datetime, error: str | None = None
+) -> None:
     with database.write(engine) as conn:
         conn.execute(_i.update().where(_i.c.instance_id == instance_id)
-                     .values(last_audited_at=at))
+                     .values(last_audited_at=at, last_audit_error=error))
+
+
+def _record(engine: Engine, report: Report, scope: str) -> None:
+    """The audit as a sync run (trigger `audit`): checked, disagreed, healed, errors."""
+    with database.write(engine) as conn:
+        conn.execute(_runs.insert().values(
+            id=str(uuid.uuid4()), trigger=enums.Trigger.AUDIT, scope=scope, dry_run=False,
+            started_at=report.started_at,
+            finished_at=report.started_at + dt.timedelta(seconds=report.duration_s),
+            scanned=report.checked, drifted=report.disagreed, repaired=report.healed,
+            failed=report.errors, duration_ms=int(report.duration_s * 1000)))
 
 
 def _announce(found: Disagreement, alerter: alerts.Alerter | None) -> None:

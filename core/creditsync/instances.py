@@ -133,7 +133,8 @@ def credits_in(
     in_sync = not drift.drifted_in(conn, [instance_id], now=now, pol=pol)
     last_full = conn.execute(
         sa.select(sa.func.max(_runs.c.started_at)).where(
-            _runs.c.scope == "all", _runs.c.error.is_(None), _runs.c.finished_at.is_not(None))
+            _runs.c.scope == "all", _runs.c.error.is_(None), _runs.c.finished_at.is_not(None),
+            _runs.c.trigger != enums.Trigger.AUDIT)
     ).scalar_one()
     synced = [t for t in (row.last_synced_at, last_full) if t is not None]
     return Credits(

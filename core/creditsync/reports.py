@@ -88,6 +88,7 @@ class Stats:
     repairs_per_day: list[DayCount]
     webhooks_by_status: dict[str, int]
     credits_used_by_plan_per_day: list[PlanDayCredits]
+    audit: AuditOverview
 
 
 def instances_per_plan(engine: Engine) -> dict[str, int]:
@@ -238,6 +239,7 @@ def stats(engine: Engine, *, now: dt.datetime, days: int = 30) -> Stats:
         webhooks_by_status=inbox.counts(engine),
         credits_used_by_plan_per_day=[
             PlanDayCredits(_as_date(r.day), r.plan_after, int(r.n or 0)) for r in usage],
+        audit=audit_overview(engine, now=now, days=days),
     )
 
 
@@ -273,8 +275,77 @@ def last_full_run_drifted(engine: Engine) -> int | None:
     runs = models.SYNC_RUNS
     query = (sa.select(runs.c.drifted)
              .where(runs.c.scope == "all", runs.c.dry_run.is_(False),
-                    runs.c.finished_at.is_not(None), runs.c.error.is_(None))
+                    runs.c.finished_at.is_not(None), runs.c.error.is_(None),
+                    runs.c.trigger != enums.Trigger.AUDIT)
              .order_by(runs.c.started_at.desc()).limit(1))
     with database.read(engine) as conn:
         found = conn.execute(query).scalar_one_or_none()
     return None if found is None else int(found)
+
+
+@dataclass(frozen=True)
+class AuditDay:
+    day: dt.date
+    checked: int
+    disagreed: int
+    healed: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """An instance the marketplace could not answer for at its last check."""
+
+    instance_id: str
+    checked_at: dt.datetime | None
+    error: str
+
+
+@dataclass(frozen=True)
+class AuditOverview:
+    """The marketplace audit for the admin: its last run, its days, who went unanswered."""
+
+    last_run_at: dt.datetime | None
+    last: AuditDay | None  # the last run's counts (its `day` is the run's day)
+    per_day: list[AuditDay]
+    never_checked: int
+    unanswered_count: int
+    unanswered: list[Unanswered]
+
+
+def audit_overview(
+    engine: Engine, *, now: dt.datetime, days: int = 30, limit: int = 50
+) -> AuditOverview:
+    """Audit runs (sync runs with trigger `audit`) per day, the last one, and the instances
+    whose last check failed (set-based: a few aggregate queries)."""
+    runs = models.SYNC_RUNS
+    since = (now - dt.timedelta(days=days - 1)).replace(hour=0, minute=0, second=0,
+                                                        microsecond=0)
+    audits = runs.c.trigger == enums.Trigger.AUDIT
+    with database.read(engine) as conn:
+        day = _day(conn, runs.c.started_at)
+        rows = conn.execute(
+            sa.select(day.label("day"), sa.func.sum(runs.c.scanned), sa.func.sum(runs.c.drifted),
+                      sa.func.sum(runs.c.repaired), sa.func.sum(runs.c.failed))
+            .where(audits, runs.c.started_at >= since, runs.c.started_at <= now)
+            .group_by(day).order_by(day)).all()
+        last = conn.execute(sa.select(runs).where(audits)
+                            .order_by(runs.c.started_at.desc()).limit(1)).first()
+        never = conn.execute(sa.select(sa.func.count()).select_from(_i)
+                             .where(_i.c.last_audited_at.is_(None))).scalar_one()
+        failing = _i.c.last_audit_error.is_not(None)
+        count = conn.execute(sa.select(sa.func.count()).select_from(_i).where(failing)
+                             ).scalar_one()
+        unanswered = conn.execute(
+            sa.select(_i.c.instance_id, _i.c.last_audited_at, _i.c.last_audit_error)
+            .where(failing).order_by(_i.c.last_audited_at.desc(), _i.c.instance_id)
+            .limit(limit)).all()
+    return AuditOverview(
+        last_run_at=last.started_at if last else None,
+        last=AuditDay(last.started_at.date(), last.scanned, last.drifted, last.repaired,
+                      last.failed) if last else None,
+        per_day=[AuditDay(_as_date(r[0]), int(r[1] or 0), int(r[2] or 0), int(r[3] or 0),
+                          int(r[4] or 0)) for r in rows],
+        never_checked=int(never), unanswered_count=int(count),
+        unanswered=[Unanswered(r.instance_id, r.last_audited_at, r.last_audit_error)
+                    for r in unanswered])

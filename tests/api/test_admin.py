@@ -254,4 +254,6 @@ def test_stats_count_repairs_webhooks_and_usage(api: Api) -> None:
     assert after["webhooksByStatus"]["applied"] - before["webhooksByStatus"]["applied"] == 2
     assert after["instances"] - before["instances"] == 1
     assert set(after) == {"since", "until", "instances", "repairsPerDay", "webhooksByStatus",
-                          "creditsUsedByPlanPerDay"}
+                          "creditsUsedByPlanPerDay", "audit"}
+    assert set(after["audit"]) == {"lastRunAt", "last", "perDay", "neverChecked",
+                                   "unansweredCount", "unanswered"}

@@ -157,6 +157,7 @@ class Instance(Base):
     last_manual_sync_at: Mapped[dt.datetime | None]
     # when the marketplace was last asked about it (None: never, first in the audit's line)
     last_audited_at: Mapped[dt.datetime | None]
+    last_audit_error: Mapped[str | None] = mapped_column(Text)  # the marketplace's, if any
 
     __table_args__ = (
         Index("ix_instances_period_end", "period_end"),
