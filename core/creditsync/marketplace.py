@@ -101,13 +101,14 @@ class Client:
     def __init__(
         self, api_url: str, app_id: str, app_secret: str, *, rate: float,
         http: httpx.Client | None = None, on_request: Hook | None = None,
-        now: Callable[[], dt.datetime] = clock.utcnow,
+        now: Callable[[], dt.datetime] = clock.utcnow, timeout: float = TIMEOUT_S,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
         self.app_id = app_id
         self.rate = rate
         self._secret = app_secret
-        self._http = http or httpx.Client(timeout=TIMEOUT_S)
+        self._http = http or httpx.Client(timeout=timeout)
         self._limiter = RateLimiter(rate)
         self._tokens: dict[str, tuple[str, dt.datetime]] = {}
         self._lock = threading.Lock()
@@ -169,7 +170,7 @@ class Client:
             except httpx.TimeoutException as exc:
                 outcome = "timeout"
                 raise MarketplaceUnavailable(f"the marketplace did not answer {method} {path} "
-                                             f"within {TIMEOUT_S:.0f} s") from exc
+                                             f"within {self.timeout:g} s") from exc
             except httpx.HTTPError as exc:
                 outcome = "unreachable"
                 raise MarketplaceUnavailable(
