@@ -4,9 +4,11 @@
 handlers. `startup` configures kopf and builds the shared database engine; `plans` mirrors
 `CreditPlan` resources into the plan catalog; `sync` runs a daemon per `CreditSync` that
 converges on its schedule and reports status, conditions and events (written through `kube`,
-since kopf applies a daemon's own patch only when it exits).
+since kopf applies a daemon's own patch only when it exits); `audit` runs a second daemon per
+`CreditSync` that asks the marketplace on `spec.marketplaceAudit.interval` when
+`CREDITSYNC_WIX_APP_ID` turns the marketplace source on.
 """
 
-from creditsync_operator import plans, startup, sync
+from creditsync_operator import audit, plans, startup, sync
 
-__all__ = ["plans", "startup", "sync"]
+__all__ = ["audit", "plans", "startup", "sync"]

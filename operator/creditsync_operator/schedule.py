@@ -38,6 +38,7 @@ class LoopState:
     retry_at: float = 0.0
     failures: int = 0
     degraded: str | None = None  # reason of the Degraded written last ("" not; None unknown)
+    marketplace: str | None = None  # why the last audit batch got no answer (None: it did)
     backlog: dict[str, int] | None = None
 
 

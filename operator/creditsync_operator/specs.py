@@ -2,7 +2,9 @@
 
 The API server already enforces types, enums, bounds and the duration pattern; this adds
 what a schema cannot express (an interval of at least a second, a catalog-valid plan) and
-gives the handlers typed values instead of dictionaries.
+gives the handlers typed values instead of dictionaries. `spec.marketplaceAudit.interval`
+is how long an instance goes between two questions to the marketplace (`0`: no periodic
+audit); it matters only in an operator started with `CREDITSYNC_WIX_APP_ID`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_BATCH_SIZE = 100_000
 MAX_PLAN_ID = 100  # the catalog's id column
 DEFAULT_INTERVAL = "60s"
+DEFAULT_AUDIT_INTERVAL = "6h"
+NO_AUDIT = dt.timedelta(0)
 
 
 class SpecError(ValueError):
@@ -33,16 +37,34 @@ class SyncSpec:
     pol: policy.Policy = field(default_factory=policy.Policy)
     suspend: bool = False
     dry_run: bool = False
+    audit_interval: dt.timedelta = dt.timedelta(hours=6)  # NO_AUDIT: no periodic audit
+
+    @property
+    def audits(self) -> bool:
+        """The periodic marketplace audit runs (not off, suspended or a dry run)."""
+        return self.audit_interval > NO_AUDIT and not self.suspend and not self.dry_run
 
 
-def _duration(spec: Mapping[str, Any], key: str, default: str) -> dt.timedelta:
+def _duration(spec: Mapping[str, Any], key: str, default: str,
+              where: str = "spec") -> dt.timedelta:
     raw = spec.get(key, default)
     if not isinstance(raw, str):
-        raise SpecError(f"spec.{key} must be a duration string such as 60s, 5m or 6h")
+        raise SpecError(f"{where}.{key} must be a duration string such as 60s, 5m or 6h")
     try:
         return config.parse_duration(raw)
     except config.ConfigError as exc:
-        raise SpecError(f"spec.{key}: {exc}") from exc
+        raise SpecError(f"{where}.{key}: {exc}") from exc
+
+
+def _audit_interval(spec: Mapping[str, Any]) -> dt.timedelta:
+    audit = spec.get("marketplaceAudit", {})
+    if not isinstance(audit, Mapping):
+        raise SpecError("spec.marketplaceAudit must be an object such as {interval: 6h}")
+    interval = _duration(audit, "interval", DEFAULT_AUDIT_INTERVAL, "spec.marketplaceAudit")
+    if NO_AUDIT < interval < MIN_INTERVAL:
+        raise SpecError(f"spec.marketplaceAudit.interval must be 0 (off) or at least "
+                        f"{MIN_INTERVAL.seconds}s")
+    return interval
 
 
 def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
@@ -68,6 +90,7 @@ def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
         pol=policy.Policy(policy.UsagePolicy(usage), grace),
         suspend=flags["suspend"],
         dry_run=flags["dryRun"],
+        audit_interval=_audit_interval(spec),
     )
 
 

@@ -3,7 +3,8 @@
 kopf is told to keep its state under our own names (`creditsync.io/...` annotations and
 the `creditsync.io/finalizer` finalizer), to post only warnings as Events (handlers post
 their own aggregated Events), to share the `creditsync` KopfPeering, and to cap its thread
-pool. The database engine and the alerter are built once, into `memo`. An outdated schema
+pool. The database engine, the alerter and the marketplace client (when
+`CREDITSYNC_WIX_APP_ID` turns the source on) are built once, into `memo`. An outdated schema
 stops the operator with the command that fixes it; an unreachable database is retried.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import config, factory
+from creditsync import config, factory, marketplace
 from creditsync.storage import database, schema
 from creditsync_operator import resources, state, status
 
@@ -48,22 +49,32 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     try:
         made = factory.Factory.standalone()
         alerter = made.alerter(source=resources.COMPONENT)
+        client = made.marketplace_client()
     except config.ConfigError as exc:
         raise kopf.PermanentError(str(exc)) from exc
     cfg = made.settings
     try:
         await state.blocking(settings.execution.executor, made.require_schema)
     except schema.SchemaOutdated as exc:
-        made.close()
+        _close(made, client)
         raise kopf.PermanentError(str(exc)) from exc
     except Exception as exc:
-        made.close()
+        _close(made, client)
         raise kopf.TemporaryError(
             f"cannot check the schema at {database.describe(cfg.database_url)}: "
             f"{status.describe_error(exc)}", delay=STARTUP_RETRY) from exc
-    memo[state.SHARED] = state.Shared(made, settings.execution.executor, alerter)
-    log.info("operator ready on %s (peering %s)", database.describe(cfg.database_url),
-             "off" if settings.peering.standalone else settings.peering.name)
+    memo[state.SHARED] = state.Shared(made, settings.execution.executor, alerter,
+                                      marketplace=client)
+    log.info("operator ready on %s (peering %s, marketplace audit %s)",
+             database.describe(cfg.database_url),
+             "off" if settings.peering.standalone else settings.peering.name,
+             "off" if client is None else f"on at {client.api_url}")
+
+
+def _close(made: factory.Factory, client: marketplace.Client | None) -> None:
+    if client is not None:
+        client.close()
+    made.close()
 
 
 @kopf.on.cleanup()
@@ -72,4 +83,4 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if isinstance(found, state.Shared):
         if found.alerter is not None:
             found.alerter.close(timeout=5)
-        found.factory.close()
+        _close(found.factory, found.marketplace)

@@ -2,7 +2,8 @@
 
 The startup handler puts one `Shared` into the root memo; kopf copies the root memo
 shallowly into every object's memo, so all handlers see the same engine, alerter, catalog
-change counter, instance counts and Kubernetes client. Per-object state (a loop's schedule)
+change counter, instance counts, Kubernetes client and marketplace client (None: the
+marketplace source is off). Per-object state (a loop's schedule)
 lives in that object's own memo.
 """
 
@@ -21,7 +22,7 @@ from typing import TypeVar
 import kopf
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, factory, reports
+from creditsync import alerts, config, factory, marketplace, reports
 from creditsync_operator import kube, schedule
 
 log = logging.getLogger("creditsync.operator")
@@ -42,6 +43,7 @@ class Shared:
     executor: concurrent.futures.Executor  # kopf's thread pool, for blocking database work
     alerter: alerts.Alerter | None = None
     connect: Callable[[], kube.StatusApi] = kube.connect  # tests pass a fake
+    marketplace: marketplace.Client | None = None  # the periodic audit's; None: source off
     plan_generation: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     counts_version: int = 0

@@ -1,9 +1,12 @@
-"""What a `CreditSync`'s status says after a run, an error, a suspension or a bad spec.
+"""What a `CreditSync`'s status says after a run, an audit batch, an error, a suspension or
+a bad spec.
 
-Pure functions of the run's summary and the webhook backlog; every field here is declared
-in `deploy/crds/creditsyncs.yaml` (the API server would silently prune anything else).
-`drifted` is what is still drifted after the run: 0 once everything converged; in a dry
-run, everything the run found.
+Pure functions of the run's summary, the webhook backlog and the audit's report; every
+field here is declared in `deploy/crds/creditsyncs.yaml` (the API server would silently
+prune anything else). `drifted` is what is still drifted after the run: 0 once everything
+converged; in a dry run, everything the run found. `lastAudit` is the last batch of the
+periodic marketplace audit; a batch in which not one instance could be checked makes the
+resource `Degraded` with reason `MarketplaceUnavailable` until a batch gets answers again.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from creditsync import convergence, enums
+from creditsync import audit, convergence, enums
 from creditsync.storage import database
 from creditsync_operator import conditions
 from creditsync_operator.conditions import CONVERGED, DEGRADED, READY, Condition
@@ -28,6 +31,7 @@ SYNC_FAILED = "SyncFailed"
 INVALID_SPEC = "InvalidSpec"
 SUSPENDED = "Suspended"
 PLAN_MISSING = "PlanMissing"
+MARKETPLACE_UNAVAILABLE = "MarketplaceUnavailable"
 
 
 def duration(seconds: float) -> str:
@@ -144,3 +148,34 @@ def invalid_conditions(message: str) -> list[Condition]:
 def degraded(updates: list[Condition]) -> Condition | None:
     """The Degraded condition among `updates`, if they set one."""
     return next((c for c in updates if c.type == DEGRADED), None)
+
+
+def for_audit(report: audit.Report, *, now: dt.datetime) -> dict[str, Any]:
+    """The status fields (merge-patched) after a batch of the periodic audit."""
+    return {"lastAudit": {"time": conditions.timestamp(now), "checked": report.checked,
+                          "disagreed": report.disagreed, "healed": report.healed,
+                          "errors": report.errors}}
+
+
+def audit_failure(report: audit.Report) -> str | None:
+    """Why the marketplace failed the whole batch, or None when it answered at all.
+
+    One instance the marketplace cannot answer for (a site that removed the app: 401) is
+    that instance's trouble, counted in `errors`; a batch with no answer at all is ours.
+    """
+    if report.checked or not report.errors:
+        return None
+    instance, why = report.failures[0] if report.failures else ("?", "no answer")
+    text = (f"the marketplace audit could not check any of {report.errors:,} instance(s); "
+            f"{instance}: {why}. Nothing was changed and the audit tries again on its own; "
+            "if this persists, check the marketplace's status and CREDITSYNC_WIX_API_URL "
+            "(for 401/403, CREDITSYNC_WIX_APP_ID and CREDITSYNC_APP_SECRET)")
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
+
+
+def marketplace_degraded(message: str) -> Condition:
+    return Condition(DEGRADED, "True", MARKETPLACE_UNAVAILABLE, message)
+
+
+def as_expected() -> Condition:
+    return Condition(DEGRADED, "False", "AsExpected", "")

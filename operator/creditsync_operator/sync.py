@@ -20,6 +20,10 @@ as `conditions.merge` keeps transition times, and guarded by that body's resourc
 A failed run marks the resource `Degraded` with the error and is retried with a growing
 backoff (`schedule.failed`); the first good run clears it. Repairs become one aggregated
 Event per run; drift, webhook trouble and Degraded send alerts.
+
+The periodic marketplace audit is a second daemon (`audit`) that reports through `report`
+too. Both share the object's `LoopState`: a run that is not degraded itself keeps the
+audit's `MarketplaceUnavailable`, and the audit never overwrites a run's own reason.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def run_once(
     return Outcome(summary, backlog)
 
 
-def _parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
+def parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
     try:
         return specs.parse_sync(spec)
     except specs.SpecError as exc:
@@ -114,17 +118,19 @@ def _patch_status(shared: state.Shared, namespace: str, name: str, fields: dict[
 
 async def write_status(
     shared: state.Shared, body: kopf.Body, fields: dict[str, Any], updates: list[Condition],
-    *, generation: int | None, now: dt.datetime,
+    *, generation: int | None, now: dt.datetime, observe: bool = True,
 ) -> bool:
     """Merge-patch `fields` and `updates` into the status now; False when it did not land.
 
     The conditions are merged into the live body's and sent whole, with the body's
     resourceVersion: if the object changed meanwhile, the write is computed again from the
-    newer body that kopf's watch brings.
+    newer body that kopf's watch brings. `observe` False leaves `observedGeneration` to the
+    convergence loop (an audit batch has not acted on a new spec's other fields).
     """
     meta = body.metadata
+    observed = {"observedGeneration": generation} if observe else {}
     for _ in range(WRITE_ATTEMPTS):
-        patch = {**fields, "observedGeneration": generation,
+        patch = {**fields, **observed,
                  "conditions": conditions.merge(body.status.get("conditions") or [], updates,
                                                 generation=generation, now=now)}
         try:
@@ -141,17 +147,35 @@ async def write_status(
     return False
 
 
-async def _report(
-    shared: state.Shared, loop: schedule.LoopState, body: kopf.Body, fields: dict[str, Any],
-    updates: list[Condition], generation: int | None,
-) -> None:
-    """Write `fields` and `updates`; on entering or leaving Degraded, post an Event and alert."""
-    if loop.degraded is None:  # first report since start: continue from the status
+def degraded_reason(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body) -> str:
+    """The reason of the Degraded written last ("": not degraded), read from the status on
+    the first report since start (a `MarketplaceUnavailable` stands until the audit gets an
+    answer, if this operator audits at all)."""
+    if loop.degraded is None:
         old = conditions.get(body.status.get("conditions"), conditions.DEGRADED)
         loop.degraded = str(old.get("reason")) if old and old.get("status") == "True" else ""
-    await write_status(shared, body, fields, updates, generation=generation,
-                       now=clock.utcnow())
+        if (old and loop.degraded == status.MARKETPLACE_UNAVAILABLE
+                and shared.marketplace is not None and loop.marketplace is None):
+            loop.marketplace = str(old.get("message") or "the marketplace did not answer")
+    return loop.degraded
+
+
+async def report(
+    shared: state.Shared, loop: schedule.LoopState, body: kopf.Body, fields: dict[str, Any],
+    updates: list[Condition], generation: int | None, *, observe: bool = True,
+) -> None:
+    """Write `fields` and `updates`; on entering or leaving Degraded, post an Event and alert.
+
+    A Degraded False while the audit gets no answer from the marketplace says
+    `MarketplaceUnavailable` instead.
+    """
+    degraded_reason(shared, loop, body)
     cond = status.degraded(updates)
+    if cond is not None and cond.status == "False" and loop.marketplace:
+        cond = status.marketplace_degraded(loop.marketplace)
+        updates = [u for u in updates if u.type != conditions.DEGRADED] + [cond]
+    await write_status(shared, body, fields, updates, generation=generation,
+                       now=clock.utcnow(), observe=observe)
     if cond is None:
         return
     was, now = loop.degraded, cond.reason if cond.status == "True" else ""
@@ -161,8 +185,10 @@ async def _report(
         kopf.event(body, type="Warning", reason="Degraded", message=f"{now}: {cond.message}")
         shared.alert(alerts.degraded(where, now, cond.message))
     elif was and not now:
+        why = ("the marketplace answered the last audit batch"
+               if was == status.MARKETPLACE_UNAVAILABLE else "the last run succeeded")
         kopf.event(body, type="Normal", reason="Recovered", message=f"no longer {was}")
-        shared.alert(alerts.recovered(where, f"No longer {was}: the last run succeeded."))
+        shared.alert(alerts.recovered(where, f"No longer {was}: {why}."))
 
 
 async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
@@ -173,13 +199,13 @@ async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
     if decision.kind == "invalid":
         schedule.reported(loop, "invalid", generation)
         kopf.event(body, type="Warning", reason=status.INVALID_SPEC, message=decision.error)
-        await _report(shared, loop, body, {}, status.invalid_conditions(decision.error),
+        await report(shared, loop, body, {}, status.invalid_conditions(decision.error),
                       generation)
         return
     if decision.kind == "suspended" or decision.spec is None:
         schedule.reported(loop, "suspended", generation)
         kopf.event(body, type="Normal", reason=status.SUSPENDED, message="convergence suspended")
-        await _report(shared, loop, body, {}, status.suspended_conditions(), generation)
+        await report(shared, loop, body, {}, status.suspended_conditions(), generation)
         return
 
     schedule.started(loop, generation=generation, plan_generation=shared.plan_generation,
@@ -193,7 +219,7 @@ async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
         reason, message = status.error_reason(exc), status.describe_error(exc)
         log.warning("%s: the %s run failed (%s: %s); retrying in %.0fs", _where(meta),
                     decision.trigger, reason, message, delay)
-        await _report(shared, loop, body, {}, status.error_conditions(reason, message, delay),
+        await report(shared, loop, body, {}, status.error_conditions(reason, message, delay),
                       generation)
         return
     summary = outcome.summary
@@ -203,7 +229,7 @@ async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
     schedule.succeeded(loop)
     fields = status.for_run(summary, outcome.backlog, generation=generation,
                             now=clock.utcnow())
-    await _report(shared, loop, body, fields, status.run_conditions(summary), generation)
+    await report(shared, loop, body, fields, status.run_conditions(summary), generation)
     events.post(body, events.for_run(summary))
     for alert in alerts.for_run(summary) + alerts.for_backlog(loop.backlog, outcome.backlog):
         shared.alert(alert)
@@ -222,7 +248,7 @@ async def converge(
     inbox_due = time.monotonic() + INBOX_EVERY
     while not stopped:
         shared.beat(uid)
-        parsed = _parse(spec)  # `spec` and `meta` are live views of the object
+        parsed = parse(spec)  # `spec` and `meta` are live views of the object
         now = time.monotonic()
         decision = schedule.decide(loop, parsed, generation=meta.get("generation"),
                                    plan_generation=shared.plan_generation, now=now)

@@ -46,6 +46,35 @@ def test_bad_specs_say_which_field(spec: dict[str, object], says: str) -> None:
         specs.parse_sync(spec)
 
 
+def test_the_marketplace_audit_runs_every_six_hours_unless_told_otherwise() -> None:
+    assert specs.parse_sync({}).audit_interval == dt.timedelta(hours=6)
+    assert specs.parse_sync({"marketplaceAudit": {}}).audit_interval == dt.timedelta(hours=6)
+    parsed = specs.parse_sync({"marketplaceAudit": {"interval": "1h30m"}})
+    assert (parsed.audit_interval, parsed.audits) == (dt.timedelta(hours=1, minutes=30), True)
+
+
+@pytest.mark.parametrize("spec", [
+    {"marketplaceAudit": {"interval": "0"}},
+    {"marketplaceAudit": {"interval": "0s"}},
+    {"suspend": True},  # the audit heals: a repair
+    {"dryRun": True},
+])
+def test_zero_a_suspension_or_a_dry_run_turns_the_audit_off(spec: dict[str, object]) -> None:
+    assert specs.parse_sync(spec).audits is False
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"marketplaceAudit": "6h"}, "spec.marketplaceAudit must be an object such as {interval: 6h}"),
+    ({"marketplaceAudit": {"interval": 21600}},
+     "spec.marketplaceAudit.interval must be a duration string"),
+    ({"marketplaceAudit": {"interval": "often"}},
+     "spec.marketplaceAudit.interval: 'often' is not a duration"),
+])
+def test_a_bad_audit_interval_says_which_field(spec: dict[str, object], says: str) -> None:
+    with pytest.raises(specs.SpecError, match="^" + says.replace("{", r"\{")):
+        specs.parse_sync(spec)
+
+
 def test_a_plan_is_named_by_its_resource() -> None:
     plan = specs.plan_of("pro", {"monthlyCredits": 5000, "aliases": ["pro-monthly"],
                                  "displayName": "Pro", "default": False})
