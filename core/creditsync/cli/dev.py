@@ -161,7 +161,8 @@ def marketplace_cmd(port: int, app_id: str, dev_dir: Path, paid: tuple[str, ...]
     click.echo(f"""marketplace STAND-IN (not Wix) on {running.url}; Ctrl-C stops it.
 Point creditsync at it, in the terminal that runs `creditsync run --dev`:
 
-  export CREDITSYNC_WIX_APP_ID={app_id} CREDITSYNC_WIX_API_URL={running.url}
+  export CREDITSYNC_WIX_APP_ID={app_id} CREDITSYNC_WIX_API_URL={running.url} \\
+         CREDITSYNC_APP_SECRET=$(cat {dev_dir}/app-secret)
 
 Say that an instance pays for Pro (its webhook never came), then heal it:
 
