@@ -1,41 +1,24 @@
 """Shared fixtures: every storage/engine test runs on SQLite and on real PostgreSQL.
 
 `db_url` is parametrized over both; each test gets a fresh database at the schema's head
-with the built-in catalog seeded (PostgreSQL databases are cloned from a template).
+with the built-in catalog seeded (PostgreSQL databases are cloned from a template). The
+helpers behind them are in `tests.support.database`; this file holds fixtures and hooks only.
+Under pytest-xdist each worker has its own PostgreSQL cluster (a session fixture, a free port).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog
-from creditsync.storage import database, schema
+from creditsync.storage import database
+from tests.support import database as database_helpers
 from tests.support import scheduling
 from tests.support.postgres import PostgresCluster
-
-TEMPLATE = "creditsync_template"
-_names = itertools.count(1)
-T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
-
-
-def prepare(url: str) -> None:
-    """Upgrade the schema and seed the built-in catalog."""
-    engine = database.create(url)
-    try:
-        schema.upgrade(engine)
-        with database.write(engine) as conn:
-            catalog.seed(conn, None, T0)
-    finally:
-        engine.dispose()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -46,54 +29,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresCluster]:
+    """This process's (this worker's) PostgreSQL cluster, with the template database."""
     cluster = PostgresCluster()
     cluster.start()
-    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {TEMPLATE}")
-    admin.dispose()
-    prepare(cluster.url(TEMPLATE))
     try:
+        database_helpers.create_template(cluster)
         yield cluster
     finally:
         cluster.destroy()
 
 
-def _new_pg_database(cluster: PostgresCluster) -> str:
-    name = f"test_{next(_names)}"
-    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    admin.dispose()
-    return name
-
-
-def _drop_pg_database(cluster: PostgresCluster, name: str) -> None:
-    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
-
-
-@contextlib.contextmanager
-def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
-    """A new database at the schema's head with the built-in catalog: `sqlite` or `postgres`."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/creditsync.db"
-        prepare(url)
-        yield url
-        return
-    cluster: PostgresCluster = request.getfixturevalue("pg")
-    name = _new_pg_database(cluster)
-    try:
-        yield cluster.url(name)
-    finally:
-        _drop_pg_database(cluster, name)
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with fresh_database(request, request.param, tmp_path) as url:
+    with database_helpers.fresh_database(request, request.param, tmp_path) as url:
         yield url
 
 

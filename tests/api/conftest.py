@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from creditsync import clock, config
 from creditsync.storage import database, models
 from creditsync_api import deps, devkeys, main, tokens, wix
-from tests.conftest import _drop_pg_database, _new_pg_database, fresh_database, prepare
+from tests.support.database import drop_pg_database, fresh_database, new_pg_database, prepare
 from tests.support.postgres import PostgresCluster, free_port
 
 HOOK = "/api/webhooks/billing"
@@ -231,7 +231,7 @@ def _drop_quietly(cluster: PostgresCluster, name: str) -> None:
     # `pg` may be torn down first (it was set up after this session fixture): then the
     # cluster and its databases are gone anyway
     with contextlib.suppress(sa.exc.OperationalError):
-        _drop_pg_database(cluster, name)
+        drop_pg_database(cluster, name)
 
 
 @pytest.fixture(scope="session")
@@ -248,7 +248,7 @@ def servers(request: pytest.FixtureRequest, keys: devkeys.DevKeys,
                 prepare(url)
             else:
                 cluster: PostgresCluster = request.getfixturevalue("pg")
-                name = _new_pg_database(cluster)
+                name = new_pg_database(cluster)
                 url = cluster.url(name)
                 cleanup.append(lambda: _drop_quietly(cluster, name))
             server = Server(["api"], server_env(url, keys), root / "server.log")

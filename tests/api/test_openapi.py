@@ -23,7 +23,7 @@ from schemathesis.specs.openapi import checks
 
 from creditsync_api import deps, devkeys, main, tokens, wix
 from tests.api.conftest import settings_for
-from tests.conftest import fresh_database
+from tests.support.database import fresh_database
 
 INSTANCE = "schemathesis-instance"
 # Answers a schema-valid request may get: 400 for an opaque cursor this API never handed out,

@@ -19,7 +19,7 @@ from creditsync import config, convergence, inbox, policy
 from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import devkeys, main
 from tests.api.conftest import Api, Server, local_app, ms, server_env, settings_for
-from tests.conftest import fresh_database
+from tests.support.database import fresh_database
 from tests.support.postgres import PostgresCluster
 
 

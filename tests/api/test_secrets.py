@@ -15,7 +15,7 @@ from creditsync import clock, config
 from creditsync.cli import serve
 from creditsync_api import devkeys, main, tokens
 from tests.api.conftest import CLI, Api, Server, server_env, settings_for
-from tests.conftest import prepare
+from tests.support.database import prepare
 from tests.support.postgres import free_port
 
 

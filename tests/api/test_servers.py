@@ -22,7 +22,7 @@ from creditsync import drift
 from creditsync.storage import database, models
 from creditsync_api import devkeys, wix
 from tests.api.conftest import HOOK, Server, server_env
-from tests.conftest import fresh_database
+from tests.support.database import fresh_database
 
 PLANS = ("starter", "pro", "scale")
 

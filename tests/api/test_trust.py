@@ -21,9 +21,8 @@ from creditsync import policy, policy_store
 from creditsync.storage import database, models
 from creditsync_api import deps, devkeys, main
 from tests.api.conftest import Api, Clock, settings_for
-from tests.conftest import fresh_database
-
-T0 = dt.datetime(2026, 4, 1, 12, tzinfo=dt.UTC)
+from tests.support.database import fresh_database
+from tests.support.times import T0
 
 
 def provision(api: Api, instance_id: str) -> None:
@@ -141,7 +140,7 @@ def test_the_admin_api_shows_the_stored_policy_and_its_source(local_api: Api) ->
     found = api.http.get("/api/admin/policy", headers=api.admin).json()
     assert found == {"usageOnPlanChange": "Preserve", "expiryGracePeriod": "1d2h",
                      "expiryGracePeriodSeconds": 93600, "source": "CreditSync billing/main",
-                     "updatedAt": "2026-04-01T12:00:00Z"}
+                     "updatedAt": "2026-01-10T12:00:00Z"}
 
 
 def test_a_plan_change_uses_the_stored_policy_not_the_apps_environment(

@@ -10,7 +10,6 @@ from sqlalchemy.engine import Engine
 from creditsync import catalog, policy, subscription_store, subscriptions
 from creditsync.storage import database, models
 
-T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
 RESET = policy.Policy("Reset")

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from creditsync import alerts, clock, config, convergence, runner, seed
-from tests.core.helpers import T0
 from tests.support.sinks import HttpSink, SmtpSink
+from tests.support.times import T0
 
 DRIFT = alerts.Alert("drift", "warning", "3 instances had drifted credits", "details")
 

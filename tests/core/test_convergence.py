@@ -9,8 +9,9 @@ from sqlalchemy.engine import Engine
 
 from creditsync import catalog, compat, convergence, drift, instances, plans, policy
 from creditsync.storage import database, models
-from tests.core.helpers import DAY, HOUR, RESET, T0, accept, count, hand_edit, instance
+from tests.core.helpers import DAY, HOUR, RESET, accept, count, hand_edit, instance
 from tests.support.ledger import assert_ledger_replays
+from tests.support.times import T0
 
 LEDGER = models.LEDGER
 RUNS = models.SYNC_RUNS

@@ -21,8 +21,9 @@ from sqlalchemy.engine import Engine
 
 from creditsync import inbox, instances, subscription_store, subscriptions
 from creditsync.storage import database, inbox_pg, models
-from tests.conftest import fresh_database
-from tests.core.helpers import HOUR, T0, instance
+from tests.core.helpers import HOUR, instance
+from tests.support.database import fresh_database
+from tests.support.times import T0
 
 INSTANCES = 50
 NEWER, OLDER = ("pro", T0), ("starter", T0 - HOUR)

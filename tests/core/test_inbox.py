@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from creditsync import catalog, convergence, inbox, instances, plans
 from creditsync.storage import database, models
 from creditsync.usage import adjust_bonus, consume
-from tests.core.helpers import DAY, HOUR, RESET, T0, instance
+from tests.core.helpers import DAY, HOUR, RESET, instance
+from tests.support.times import T0
 
 EVENTS = models.WEBHOOK_EVENTS
 

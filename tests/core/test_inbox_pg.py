@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from creditsync import catalog, inbox, plans, policy
 from creditsync.storage import database, inbox_pg, models
-from tests.conftest import fresh_database
+from tests.support.database import fresh_database
+from tests.support.times import T0
 
-T0 = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
 TYPES = ["AppInstalled", "AppRemoved", "PaidPlanPurchased", "PaidPlanChanged",
          "PaidPlanAutoRenewalCancelled", "PlanConvertedToPaid", "PlanReactivated",
          "PlanTransferred", "SiteRenamed"]

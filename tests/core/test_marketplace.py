@@ -10,8 +10,7 @@ import pytest
 
 from creditsync import marketplace, marketplace_standin
 from tests.support import marketplace as stand
-
-T0 = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+from tests.support.times import T0
 
 
 @pytest.fixture

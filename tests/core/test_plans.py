@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from creditsync import catalog, plans
 from creditsync.storage import database
-from tests.core.helpers import T0
+from tests.support.times import T0
 
 
 def test_defaults_are_the_original_systems_plans() -> None:

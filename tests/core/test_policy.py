@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 from creditsync import policy
+from tests.support.times import T0
 
-T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
 

@@ -7,7 +7,8 @@ import datetime as dt
 from sqlalchemy.engine import Engine
 
 from creditsync import convergence, inbox, instances, policy, policy_store, usage
-from tests.core.helpers import HOUR, T0, instance
+from tests.core.helpers import HOUR, instance
+from tests.support.times import T0
 
 PRESERVE = policy.Policy("Preserve", dt.timedelta(hours=6))
 

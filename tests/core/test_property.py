@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from creditsync import convergence, inbox, instances, plans, usage
-from tests.core.helpers import DAY, HOUR, RESET, T0, instance
+from tests.core.helpers import DAY, HOUR, RESET, instance
 from tests.support.ledger import assert_ledger_replays
+from tests.support.times import T0
 
 CREDITS = {p.id: p.monthly_credits for p in plans.DEFAULT_CATALOG.plans}
 PAID = ["starter", "pro", "scale"]

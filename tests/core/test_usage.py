@@ -9,8 +9,9 @@ from sqlalchemy.engine import Engine
 
 from creditsync import catalog, convergence, errors, instances, plans, usage
 from creditsync.storage import database
-from tests.core.helpers import DAY, HOUR, RESET, T0, accept, instance
+from tests.core.helpers import DAY, HOUR, RESET, accept, instance
 from tests.support.ledger import assert_ledger_replays
+from tests.support.times import T0
 
 
 def test_consume_draws_plan_credits_then_bonus(engine: Engine) -> None:

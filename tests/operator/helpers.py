@@ -10,8 +10,8 @@ from typing import Any
 
 from creditsync import convergence, policy
 from creditsync_operator import kube
+from tests.support.times import T0
 
-T0 = dt.datetime(2026, 1, 10, 12, 0, tzinfo=dt.UTC)
 EARLIER = "2026-01-01T00:00:00Z"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from creditsync_operator import conditions
 from creditsync_operator.conditions import Condition
-from tests.operator.helpers import T0
+from tests.support.times import T0
 
 LATER = T0 + dt.timedelta(minutes=5)
 

@@ -7,7 +7,8 @@ import sqlalchemy.exc
 
 from creditsync_operator import status
 from creditsync_operator.conditions import Condition
-from tests.operator.helpers import T0, summary
+from tests.operator.helpers import summary
+from tests.support.times import T0
 
 BACKLOG = {"applied": 7, "pending": 1, "quarantined": 2, "failed": 3, "duplicate": 4}
 

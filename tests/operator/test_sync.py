@@ -15,7 +15,8 @@ import pytest
 from creditsync import clock
 from creditsync_operator import schedule, specs, state, sync
 from tests.operator import helpers
-from tests.operator.helpers import EARLIER, T0, FakeStatusApi, Stopped
+from tests.operator.helpers import EARLIER, FakeStatusApi, Stopped
+from tests.support.times import T0
 
 NOW = "2026-01-10T12:00:00Z"
 SPEC = specs.SyncSpec(interval=dt.timedelta(hours=1))

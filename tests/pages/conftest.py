@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, syn
 from creditsync.storage import database
 from creditsync_api import devkeys
 from tests.api.conftest import Api, Server, server_env
-from tests.conftest import _drop_pg_database, _new_pg_database
+from tests.support.database import drop_pg_database, new_pg_database
 from tests.support.postgres import PostgresCluster
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,7 +49,7 @@ class Site:
 def site(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("pages")
     keys, _ = devkeys.ensure(root / "devkeys")
-    name = _new_pg_database(pg)
+    name = new_pg_database(pg)
     url = pg.url(name)
     server = Server(["api"], server_env(url, keys), root / "api.log")
     engine = database.create(url)
@@ -60,7 +60,7 @@ def site(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         server.stop()
         engine.dispose()
-        _drop_pg_database(pg, name)
+        drop_pg_database(pg, name)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,78 @@
+"""Test databases: SQLite files and PostgreSQL databases at the schema's head with the
+built-in catalog seeded. PostgreSQL databases are cloned from `TEMPLATE`, which the
+session's `pg` fixture (tests/conftest.py) prepares once per cluster (one per worker)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from creditsync import catalog
+from creditsync.storage import database, schema
+from tests.support.postgres import PostgresCluster
+from tests.support.times import T0
+
+TEMPLATE = "creditsync_template"
+_names = itertools.count(1)
+
+
+def prepare(url: str) -> None:
+    """Upgrade the schema and seed the built-in catalog."""
+    engine = database.create(url)
+    try:
+        schema.upgrade(engine)
+        with database.write(engine) as conn:
+            catalog.seed(conn, None, T0)
+    finally:
+        engine.dispose()
+
+
+def _admin(cluster: PostgresCluster, *statements: str) -> None:
+    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        admin.dispose()
+
+
+def create_template(cluster: PostgresCluster) -> None:
+    """`TEMPLATE` in `cluster`: the schema at head, the built-in catalog."""
+    _admin(cluster, f"CREATE DATABASE {TEMPLATE}")
+    prepare(cluster.url(TEMPLATE))
+
+
+def new_pg_database(cluster: PostgresCluster, name: str | None = None, *,
+                    template: str | None = TEMPLATE) -> str:
+    """A new database (a unique name unless given; an existing one of that name is
+    replaced), cloned from `template` (None: empty); returns its name."""
+    name = name or f"test_{next(_names)}"
+    _admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+           f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    return name
+
+
+def drop_pg_database(cluster: PostgresCluster, name: str) -> None:
+    _admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
+    """A new database at the schema's head with the built-in catalog: `sqlite` or `postgres`."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/creditsync.db"
+        prepare(url)
+        yield url
+        return
+    cluster: PostgresCluster = request.getfixturevalue("pg")
+    name = new_pg_database(cluster)
+    try:
+        yield cluster.url(name)
+    finally:
+        drop_pg_database(cluster, name)
