@@ -8,6 +8,7 @@ each one leaves the system converged for the next. Everything is polled with tim
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import itertools
 import os
@@ -35,6 +36,8 @@ from tests.e2e.conftest import (
     OperatorProcess,
     operator_kubeconfig,
 )
+from tests.support import database as database_helpers
+from tests.support import waiting
 from tests.support.kubecluster import KubeCluster, kubectl
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.sinks import HttpSink, SmtpSink
@@ -46,7 +49,6 @@ DEPLOY = ROOT / "deploy"
 NS = OPERATOR_NAMESPACE
 GROUP, VERSION = "creditsync.io", "v1alpha1"
 INSTANCES, DRIFTED_PCT = 200, 20  # seed: 120 free, 40 starter, 20 pro, 20 scale; 40 drifted
-TEMPLATE = "creditsync_template"  # tests/conftest.py: schema at head, built-in catalog
 LIVENESS = f"http://127.0.0.1:{free_port()}/healthz"
 T = TypeVar("T")
 
@@ -68,17 +70,8 @@ class System:
     # ---- waiting --------------------------------------------------------------------
 
     def wait(self, what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-        deadline = time.monotonic() + timeout
-        last: T | None = None
-        while time.monotonic() < deadline:
-            with contextlib.suppress(kubernetes.client.ApiException):
-                last = probe()
-                if last:
-                    return last
-            time.sleep(0.2)
-        logs = "\n".join(op.tail() for op in self.operators)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; "
-                             f"last: {last!r}\n{logs}")
+        return waiting.wait_for(what, probe, timeout, ignore=(kubernetes.client.ApiException,),
+                                logs=lambda: "\n".join(op.tail() for op in self.operators))
 
     # ---- Kubernetes ---------------------------------------------------------------
 
@@ -86,6 +79,9 @@ class System:
         found: dict[str, Any] = self.custom.get_namespaced_custom_object(
             GROUP, VERSION, NS, plural, name)
         return found
+
+    def monthly_credits(self, plan: str) -> int:
+        return int(self.get("creditplans", plan)["spec"]["monthlyCredits"])
 
     def sync(self) -> dict[str, Any]:
         return self.get("creditsyncs", "creditsync")
@@ -139,6 +135,12 @@ class System:
             conn.execute(inst.update().where(inst.c.instance_id.in_(instance_ids))
                          .values(credits_total=credits_total))
 
+    def newest_run(self) -> str | None:
+        runs = models.SYNC_RUNS
+        with database.read(self.engine) as conn:
+            return conn.execute(sa.select(runs.c.id).where(runs.c.finished_at.is_not(None))
+                                .order_by(runs.c.started_at.desc()).limit(1)).scalar()
+
     def runs(self, trigger: str | None = None) -> int:
         runs = models.SYNC_RUNS
         query = sa.select(sa.func.count()).select_from(runs)
@@ -178,26 +180,10 @@ def holding_the_lock(engine: Engine, timeout: float = 10.0) -> Iterator[None]:
     raise AssertionError("the operator never let go of the convergence lock")
 
 
-def _create_database(pg: PostgresCluster, name: str) -> str:
-    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    admin.dispose()
-    return pg.url(name)
-
-
-def _drop_database(pg: PostgresCluster, name: str) -> None:
-    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
-
-
 @pytest.fixture(scope="module")
 def system(kube: KubeCluster, pg: PostgresCluster,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    url = _create_database(pg, "e2e_operator")
+    url = pg.url(database_helpers.new_pg_database(pg, "e2e_operator"))
     engine = database.create(url)
     seed.seed(engine, INSTANCES, DRIFTED_PCT, now=clock.utcnow())
 
@@ -207,11 +193,9 @@ def system(kube: KubeCluster, pg: PostgresCluster,
     kubectl(kube, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s",
             check=True)
     sa_config = operator_kubeconfig(kube)
-    deadline = time.monotonic() + 30
-    while kubectl(kube, "auth", "can-i", "patch", "creditsyncs.creditsync.io", "-n", NS,
-                  "--subresource=status", kubeconfig=sa_config).stdout.strip() != "yes":
-        assert time.monotonic() < deadline, "the operator's RBAC never took effect"
-        time.sleep(0.2)
+    waiting.wait_for("the operator's RBAC to take effect", lambda: kubectl(
+        kube, "auth", "can-i", "patch", "creditsyncs.creditsync.io", "-n", NS,
+        "--subresource=status", kubeconfig=sa_config).stdout.strip() == "yes")
     kubectl(kube, "-n", NS, "apply", "-f", str(DEPLOY / "examples"), check=True)
     # the example runs every minute; hour-long intervals prove that runs come from triggers
     kubectl(kube, "-n", NS, "patch", "creditsyncs", "creditsync", "--type=merge",
@@ -237,7 +221,19 @@ def system(kube: KubeCluster, pg: PostgresCluster,
             for op in system.operators:
                 op.stop()
             engine.dispose()
-            _drop_database(pg, "e2e_operator")
+            database_helpers.drop_pg_database(pg, "e2e_operator")
+
+
+@pytest.fixture(autouse=True)
+def creditsync_spec(system: System) -> Iterator[dict[str, Any]]:
+    """The CreditSync's spec as the test found it, put back after the test however it ends
+    (and observed by the operator), so that any test can run alone or after any other."""
+    spec = copy.deepcopy(system.sync()["spec"])
+    yield spec
+    if system.sync()["spec"] != spec:
+        generation = system.patch("creditsyncs", "creditsync", spec)
+        system.wait_sync("the restored spec observed", lambda s: s.get("status", {}).get(
+            "observedGeneration") == generation)
 
 
 def test_the_api_server_validates_our_resources(system: System) -> None:
@@ -392,6 +388,7 @@ def test_an_invalid_plan_is_rejected_with_an_event_and_a_condition(system: Syste
 
 
 def test_deleting_a_plan_in_use_downgrades_nobody(system: System) -> None:
+    pro = system.monthly_credits("pro")
     system.kubectl("delete", "creditplan", "scale", "--timeout=30s")
     obj = system.wait_sync("Degraded/PlanMissing", lambda s: status_of(s, "Degraded") == (
         "True", "PlanMissing"))
@@ -405,13 +402,13 @@ def test_deleting_a_plan_in_use_downgrades_nobody(system: System) -> None:
         t for t in system.http.texts() if "is degraded: PlanMissing" in t])
 
     system.kubectl("apply", "-f", str(DEPLOY / "examples" / "creditplans.yaml"))
-    system.patch("creditplans", "pro", {"monthlyCredits": 6000})  # keep the earlier change
+    system.patch("creditplans", "pro", {"monthlyCredits": pro})  # as it was before
     obj = system.wait_sync("recovery from PlanMissing", lambda s: status_of(s, "Degraded") == (
         "False", "AsExpected"))
     assert obj["status"]["missingPlans"] == []
     assert system.events("creditsync", "Recovered")
     assert system.credits("scale") == {("scale", 25000)}
-    system.wait("pro back at 6,000", lambda: system.credits("pro") == {("pro", 6000)})
+    system.wait("pro back where it was", lambda: system.credits("pro") == {("pro", pro)})
 
 
 def test_suspend_holds_convergence_until_resumed(system: System) -> None:
@@ -422,10 +419,11 @@ def test_suspend_holds_convergence_until_resumed(system: System) -> None:
     run_id = system.sync()["status"]["lastRun"]["runId"]
     system.hand_edit(["seed-0000011", "seed-0000012"], 1)
     system.patch("creditplans", "starter", {"monthlyCredits": 1500})
-    time.sleep(2)  # a window in which an unsuspended loop would have converged at once
-    assert system.credits("starter") == {("starter", 1000)}
+    # a window in which an unsuspended loop would have converged at once
+    waiting.holds_for("no convergence while suspended", lambda: system.credits(
+        "starter") == {("starter", 1000)} and system.sync()["status"]["lastRun"][
+        "runId"] == run_id, seconds=2)
     assert len(system.drifted()) == 40 + 2
-    assert system.sync()["status"]["lastRun"]["runId"] == run_id
 
     system.patch("creditsyncs", "creditsync", {"suspend": False})
     obj = system.wait_sync("convergence after resuming", lambda s: s["status"]["lastRun"][
@@ -453,8 +451,8 @@ def test_a_new_interval_takes_effect_without_a_restart(system: System) -> None:
     system.wait("the new generation observed", lambda: system.sync()["status"][
         "observedGeneration"] == generation)
     settled = system.runs("timer")
-    time.sleep(3)
-    assert system.runs("timer") == settled
+    waiting.holds_for("no timer run at an hourly interval",
+                      lambda: system.runs("timer") == settled, seconds=3)
 
 
 def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
@@ -493,14 +491,14 @@ def test_due_webhooks_are_retried_and_the_backlog_is_reported(system: System) ->
 
     system.wait("the operator retrying both", lambda: statuses() == {
         paid.event_id: "applied", unknown.event_id: "quarantined"}, timeout=20)
-    assert system.credits("pro") == {("pro", 6000)}  # seed-0000001 bought pro
+    # seed-0000001 bought pro
+    assert system.credits("pro") == {("pro", system.monthly_credits("pro"))}
     system.patch("creditsyncs", "creditsync", {"interval": "2s"})
     system.wait("the backlog in the status", lambda: system.sync()["status"][
         "webhookBacklog"] == {"pending": 0, "quarantined": 1, "failed": 0})
     [alert] = system.wait("the webhook alert", lambda: [
         t for t in system.http.texts() if "billing webhooks failed or quarantined" in t])
     assert "1 more quarantined" in alert
-    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
 
 
 def test_a_database_outage_degrades_then_recovers_on_its_own(system: System) -> None:
@@ -523,21 +521,21 @@ def test_a_database_outage_degrades_then_recovers_on_its_own(system: System) -> 
     assert status_of(obj, "Ready") == ("True", "Synced")
     system.wait("the recovery alert", lambda: [
         t for t in system.http.texts() if "recovered" in t])
-    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
 
 
 def test_the_database_lock_keeps_runners_apart(system: System) -> None:
     """While another runner (here: this test) converges, the operator does not."""
     system.patch("creditsyncs", "creditsync", {"interval": "1s"})
     with holding_the_lock(system.engine):
-        time.sleep(1)  # the status of the run before we took the lock lands
-        run_id = system.sync()["status"]["lastRun"]["runId"]
+        # the status of the run before we took the lock lands: it shows the newest run
+        run_id = system.wait("the last run before the lock in the status", lambda: (
+            (found := system.sync()["status"]["lastRun"]["runId"]) == system.newest_run()
+            and found))
         system.hand_edit(["seed-0000041"], 4)
-        time.sleep(2.5)  # two intervals and a lock retry
-        assert system.sync()["status"]["lastRun"]["runId"] == run_id
-        assert len(system.drifted()) == 1
+        waiting.holds_for("no run while another runner holds the lock", lambda: (
+            system.sync()["status"]["lastRun"]["runId"] == run_id
+            and len(system.drifted()) == 1), seconds=2.5)  # two intervals and a lock retry
     system.wait("the operator's run once the lock is free", lambda: system.drifted() == [])
-    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
 
 
 def test_two_operators_only_one_converges(system: System) -> None:
@@ -551,16 +549,16 @@ def test_two_operators_only_one_converges(system: System) -> None:
         and len(p) == 2 and p)
     assert len({peer["priority"] for peer in peers.values()}) == 2
     before = first.log().count("creditsync.convergence: sync ")
-    time.sleep(3)
-    assert first.log().count("creditsync.convergence: sync ") >= before + 2
-    assert "creditsync.convergence: sync " not in second.log()
+    waiting.holds_for("the second operator not converging",
+                      lambda: "creditsync.convergence: sync " not in second.log(), seconds=3)
+    system.wait("the first operator converging every second", lambda: first.log().count(
+        "creditsync.convergence: sync ") >= before + 2, timeout=10)
 
     assert first.stop() == 0
     system.wait("the second operator to take over", lambda: (
         "creditsync.convergence: sync startup" in second.log()), timeout=30)
     system.hand_edit(["seed-0000051"], 5)
     system.wait("the second operator converging", lambda: system.drifted() == [])
-    system.patch("creditsyncs", "creditsync", {"interval": "1h"})
     assert second.running()
 
 
