@@ -24,7 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,10 +39,12 @@ from sqlalchemy.engine import Engine
 from creditsync import clock, drift, seed
 from creditsync.storage import database, models, schema
 from tests.chart import render
+from tests.support import database as database_helpers
 from tests.support import kubelet
 from tests.support.kubecluster import KubeCluster, helm, kubectl
 from tests.support.postgres import PostgresCluster, free_port
 from tests.support.sinks import HttpSink
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -66,19 +68,6 @@ rules:
   - level: None
 """
 T = TypeVar("T")
-
-
-def wait(what: str, probe: Callable[[], T | None], timeout: float = 30.0,
-         logs: Callable[[], str] = lambda: "") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n"
-                         f"{logs()}")
 
 
 def table(text: str) -> list[list[str]]:
@@ -143,7 +132,7 @@ class Release:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             future = pool.submit(helm, self.cluster, *args, "--namespace", self.namespace,
                                  "--timeout=2m")
-            job = wait("the migration hook Job", lambda: future.done() or self.lookup(
+            job = wait_for("the migration hook Job", lambda: future.done() or self.lookup(
                 "job", MIGRATE_JOB), timeout=60)
             assert isinstance(job, dict), future.result().stderr
             self.run_job(job)
@@ -247,16 +236,6 @@ def _public_key_pem() -> str:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _create_database(pg: PostgresCluster, name: str, drop: bool = False) -> str:
-    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        if not drop:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return pg.url(name)
-
-
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audit")
@@ -281,7 +260,7 @@ def installed(cluster: KubeCluster, pg: PostgresCluster, work: Path, audit_log: 
     """`helm install` into `namespace` on an empty database of its own; uninstalled or
     not, its containers are stopped and its database dropped afterwards."""
     database_name = "e2e_chart_" + namespace.replace("-", "_")
-    url = _create_database(pg, database_name)
+    url = pg.url(database_helpers.new_pg_database(pg, database_name, template=None))
     engine = database.create(url)
     api_port, liveness_port = free_port(), free_port()
     with HttpSink() as alerts:
@@ -316,7 +295,7 @@ def installed(cluster: KubeCluster, pg: PostgresCluster, work: Path, audit_log: 
             for name in list(rel.containers):
                 rel.stop(name)
             engine.dispose()
-            _create_database(pg, database_name, drop=True)
+            database_helpers.drop_pg_database(pg, database_name)
 
 
 @pytest.fixture(scope="module")
@@ -388,15 +367,15 @@ def test_the_operator_converges_as_the_chart_service_account(release: Release) -
         obj = release.get("creditsyncs", "creditsync")
         return obj if condition(obj, "Ready") == ("True", "Synced") else None
 
-    obj = wait("the CreditSync Ready/Synced", synced, timeout=60, logs=release.logs)
+    obj = wait_for("the CreditSync Ready/Synced", synced, timeout=60, logs=release.logs)
     assert obj["status"]["instances"] == INSTANCES
     assert obj["status"]["drifted"] == 0
     assert obj["status"]["lastRun"]["repaired"] == drifted
     assert condition(obj, "Converged") == ("True", "InSync")
     assert list(drift.scan(release.engine)) == []
-    wait("the Repaired event", lambda: "Repaired" in release.kubectl(
+    wait_for("the Repaired event", lambda: "Repaired" in release.kubectl(
         "get", "events", "--field-selector=involvedObject.name=creditsync"), logs=release.logs)
-    wait("the drift alert at the chart's alert webhook", lambda: [
+    wait_for("the drift alert at the chart's alert webhook", lambda: [
         t for t in release.alerts.texts() if f"{drifted} instances had drifted" in t],
         logs=release.logs)
     probe = kubelet.container(release.pod_spec(), "operator")["livenessProbe"]["httpGet"]
@@ -419,7 +398,7 @@ def test_kubectl_get_shows_the_columns(release: Release) -> None:
         found = {row[0]: tuple(row[1:3]) for row in rows[1:]}
         return found if found == expected else None
 
-    wait("plan instance counts in `kubectl get creditplans`", plan_rows, logs=release.logs)
+    wait_for("plan instance counts in `kubectl get creditplans`", plan_rows, logs=release.logs)
     both = release.kubectl("get", "creditplans,creditsyncs")
     assert "creditplan.creditsync.io/pro" in both
     assert "creditsync.creditsync.io/creditsync" in both
@@ -468,7 +447,7 @@ def test_the_api_sidecar_answers_its_probes_and_helm_test_passes(release: Releas
                     return None
                 return found
 
-            pod = wait("the test pod", lambda: future.done() or new_pod())
+            pod = wait_for("the test pod", lambda: future.done() or new_pod())
             assert isinstance(pod, dict), future.result().stderr
             run = kubelet.ContainerRun(release.cluster, NS, pod["spec"], "readyz",
                                        release.work / "test", localize={url: local})
@@ -498,7 +477,7 @@ def test_the_api_sidecar_answers_its_probes_and_helm_test_passes(release: Releas
         except (urllib.error.URLError, ConnectionError):
             return None
 
-    assert wait("the API's readiness probe", lambda: probe(ready["path"]) == 200, timeout=60,
+    assert wait_for("the API's readiness probe", lambda: probe(ready["path"]) == 200, timeout=60,
                 logs=release.logs)
     assert probe(spec["livenessProbe"]["httpGet"]["path"]) == 200
     assert api.running()
@@ -521,7 +500,7 @@ def test_upgrade_changing_a_plan_converges_instances(release: Release) -> None:
     release.helm("upgrade", RELEASE, str(render.CHART), "-f", str(release.values),
                  "-f", str(changed))
     assert release.get("creditplan", "pro")["spec"]["monthlyCredits"] == 6000
-    wait("every pro instance at 6,000", lambda: release.credits("pro") == {("pro", 6000)},
+    wait_for("every pro instance at 6,000", lambda: release.credits("pro") == {("pro", 6000)},
          logs=release.logs)
     assert time.monotonic() - started < 60
     ledger = models.LEDGER
@@ -639,7 +618,7 @@ def test_all_namespaces_mode_runs_with_its_cluster_role(
             obj = rel.get("creditsyncs", "creditsync")
             return obj if condition(obj, "Ready") == ("True", "Synced") else None
 
-        obj = wait("the CreditSync Ready/Synced", synced, timeout=60, logs=rel.logs)
+        obj = wait_for("the CreditSync Ready/Synced", synced, timeout=60, logs=rel.logs)
         assert (obj["status"]["instances"], obj["status"]["drifted"]) == (50, 0)
         assert obj["status"]["lastRun"]["repaired"] == drifted == 10
         peering = kubelet.get_json(rel.cluster, "clusterkopfpeerings.kopf.dev", "creditsync")
