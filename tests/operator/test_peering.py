@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kubernetes
@@ -14,8 +15,10 @@ class FakeApi:
     def __init__(self, status: int | None = None) -> None:
         self.status = status
         self.created: list[tuple[Any, ...]] = []
+        self.attempted: list[tuple[Any, ...]] = []
 
     def _create(self, *args: Any) -> None:
+        self.attempted.append(args)
         if self.status is not None:
             raise kubernetes.client.ApiException(status=self.status, reason="Nope")
         self.created.append(args)
@@ -48,9 +51,14 @@ def test_cluster_wide_uses_a_clusterkopfpeering(api: FakeApi) -> None:
         "metadata": {"name": "creditsync"}})]
 
 
-def test_an_existing_object_is_fine(api: FakeApi) -> None:
+def test_an_existing_object_is_fine(api: FakeApi, caplog: pytest.LogCaptureFixture) -> None:
+    """409 Conflict: the object is there already; no error, and on to the next namespace."""
     api.status = 409
-    peering.ensure(["a"], clusterwide=False)
+    with caplog.at_level(logging.INFO):
+        peering.ensure(["a", "b"], clusterwide=False)
+    assert [c[2] for c in api.attempted] == ["a", "b"]
+    assert api.created == []
+    assert "created" not in caplog.text
 
 
 @pytest.mark.parametrize(("status", "says"), [
