@@ -168,6 +168,20 @@ class Step(ApiModel):
                    after=Numbers.from_core(step.after))
 
 
+# A request about some instances (`instanceIds`) or all (`all: true`), never both or neither.
+ONE_SCOPE: dict[str, Any] = {"oneOf": [
+    {"required": ["instanceIds"], "properties": {"instanceIds": {"type": "array"},
+                                                 "all": {"const": False}}},
+    {"required": ["all"], "properties": {"all": {"const": True},
+                                         "instanceIds": {"type": "null"}}},
+]}
+
+
+def check_scope(all_: bool, instance_ids: list[str] | None, what: str) -> None:
+    if all_ == (instance_ids is not None):
+        raise ValueError(f"say what to {what}: either instanceIds or all: true")
+
+
 class Disagreement(ApiModel):
     """The marketplace's plan for an instance beside ours, and what the audit did."""
 
@@ -191,21 +205,14 @@ class AuditRequest(ApiModel):
     model_config = _config({"instanceIds": ["9f1c2b7e"], "dryRun": True},
                            {"all": True, "dryRun": False}, forbid=True)
     model_config["json_schema_extra"] = {
-        **model_config["json_schema_extra"],  # type: ignore[dict-item]
-        "oneOf": [
-            {"required": ["instanceIds"], "properties": {"instanceIds": {"type": "array"},
-                                                         "all": {"const": False}}},
-            {"required": ["all"], "properties": {"all": {"const": True},
-                                                 "instanceIds": {"type": "null"}}},
-        ]}
+        **model_config["json_schema_extra"], **ONE_SCOPE}  # type: ignore[dict-item]
     instance_ids: list[InstanceId] | None = Field(default=None, min_length=1, max_length=1000)
     all: bool = False
     dry_run: bool = False
 
     @model_validator(mode="after")
     def _one_scope(self) -> Self:
-        if self.all == (self.instance_ids is not None):
-            raise ValueError("say what to audit: either instanceIds or all: true")
+        check_scope(self.all, self.instance_ids, "audit")
         return self
 
 
@@ -401,13 +408,7 @@ class SyncRequest(ApiModel):
         {"instanceIds": ["9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10"], "dryRun": True},
         {"all": True, "dryRun": False}, forbid=True)
     model_config["json_schema_extra"] = {
-        **model_config["json_schema_extra"],  # type: ignore[dict-item]
-        "oneOf": [
-            {"required": ["instanceIds"], "properties": {"instanceIds": {"type": "array"},
-                                                         "all": {"const": False}}},
-            {"required": ["all"], "properties": {"all": {"const": True},
-                                                 "instanceIds": {"type": "null"}}},
-        ]}
+        **model_config["json_schema_extra"], **ONE_SCOPE}  # type: ignore[dict-item]
     instance_ids: list[InstanceId] | None = Field(default=None, min_length=1,
                                                   max_length=10_000)
     all: bool = False
@@ -415,8 +416,7 @@ class SyncRequest(ApiModel):
 
     @model_validator(mode="after")
     def _one_scope(self) -> Self:
-        if self.all == (self.instance_ids is not None):
-            raise ValueError("say what to sync: either instanceIds or all: true")
+        check_scope(self.all, self.instance_ids, "sync")
         return self
 
 
