@@ -153,7 +153,8 @@ def test_defaults_render_the_original_plans_and_a_credit_sync() -> None:
     sync = find(out, "CreditSync")
     assert sync["metadata"]["name"] == "creditsync"
     assert sync["spec"] == {"interval": "60s", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                            "expiryGracePeriod": "0s", "suspend": False, "dryRun": False}
+                            "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
+                            "marketplaceAudit": {"interval": "6h"}}
     for m in out:
         if m["apiVersion"] == "creditsync.io/v1alpha1":
             assert m["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
@@ -189,6 +190,45 @@ def test_the_migration_hook_runs_db_upgrade_before_install_and_upgrade() -> None
         ("free", 100), ("starter", 1000), ("pro", 5000), ("scale", 25000)]
     assert not any(m["kind"] == "Job" for m in render.render(
         DEFAULTS, sets=["migrations.enabled=false"]))
+
+
+MARKETPLACE_ENV = {"CREDITSYNC_WIX_APP_ID", "CREDITSYNC_WIX_API_URL",
+                   "CREDITSYNC_MARKETPLACE_RATE", "CREDITSYNC_MARKETPLACE_AUDIT_INTERVAL"}
+
+
+def test_the_marketplace_source_is_off_unless_an_app_id_is_given() -> None:
+    out = render.render(DEFAULTS)
+    for name, container in containers(out).items():
+        assert not MARKETPLACE_ENV & set(env_of(container)), name
+    assert "CREDITSYNC_APP_SECRET" not in env_of(containers(out)["operator"])
+
+
+def test_an_app_id_gives_the_api_and_the_operator_the_marketplace() -> None:
+    out = render.render(render.VALUES["marketplace"])
+    ops, api = containers(out).values()
+    source = {"CREDITSYNC_WIX_APP_ID": "3f7c2a10-0000-4000-8000-000000000001",
+              "CREDITSYNC_WIX_API_URL": "https://www.wixapis.com",
+              "CREDITSYNC_MARKETPLACE_RATE": "2.5"}
+    secret = {"secretKeyRef": {"name": "creditsync", "key": "appSecret"}}
+    # the API asks at provisioning and Sync Credits; the operator audits, with the OAuth
+    # client secret, on the CreditSync's schedule
+    assert {k: v for k, v in env_of(api).items() if k in MARKETPLACE_ENV} == source
+    assert env_of(api)["CREDITSYNC_APP_SECRET"] == secret
+    assert {k: v for k, v in env_of(ops).items()
+            if k in MARKETPLACE_ENV | {"CREDITSYNC_APP_SECRET"}} == {
+        **source, "CREDITSYNC_MARKETPLACE_AUDIT_INTERVAL": "3h",
+        "CREDITSYNC_APP_SECRET": secret}
+    assert find(out, "CreditSync")["spec"]["marketplaceAudit"] == {"interval": "3h"}
+    # the app secret from an existing Secret, for both containers
+    kept = render.render(render.VALUES["existing-secret"],
+                         sets=["marketplace.appId=app-1", "marketplace.auditInterval=0"])
+    ops, api = containers(kept).values()
+    for container in (ops, api):
+        assert env_of(container)["CREDITSYNC_APP_SECRET"] == {
+            "secretKeyRef": {"name": "creditsync-secrets", "key": "appSecret"}}
+        assert env_of(container)["CREDITSYNC_MARKETPLACE_RATE"] == "5"
+    assert env_of(ops)["CREDITSYNC_MARKETPLACE_AUDIT_INTERVAL"] == "0"
+    assert find(kept, "CreditSync")["spec"]["marketplaceAudit"] == {"interval": "0"}
 
 
 def test_existing_secrets_are_referenced_not_copied() -> None:
@@ -552,6 +592,11 @@ SCHEMA_ERRORS = [
     (["logLevel=verbose"], "- logLevel: logLevel must be one of the following"),
     (["operator.watchAllNamespaces=yes"],
      "- operator.watchAllNamespaces: Invalid type. Expected: boolean, given: string"),
+    (["marketplace.auditInterval=6 hours"],
+     "- marketplace.auditInterval: Does not match pattern"),
+    (["marketplace.rate=0"], "- marketplace.rate: Must be greater than 0"),
+    (["marketplace.apiUrl=www.wixapis.com"], "- marketplace.apiUrl: Does not match pattern"),
+    (["marketplace.appid=x"], "- marketplace: Additional property appid is not allowed"),
 ]
 
 

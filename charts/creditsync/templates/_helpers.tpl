@@ -137,6 +137,28 @@ Secret, whose labels change with every chart version.
   value: {{ .Values.creditSync.batchSize | quote }}
 {{- end }}
 
+{{/*
+The marketplace source's settings (none while marketplace.appId is empty: the source is off).
+`.audit`: the container that audits (the operator) also gets the audit interval; its
+CreditSync's spec.marketplaceAudit.interval says the same.
+*/}}
+{{- define "creditsync.marketplaceEnv" -}}
+{{- with .root.Values.marketplace }}
+{{- if .appId }}
+- name: CREDITSYNC_WIX_APP_ID
+  value: {{ .appId | quote }}
+- name: CREDITSYNC_WIX_API_URL
+  value: {{ .apiUrl | quote }}
+- name: CREDITSYNC_MARKETPLACE_RATE
+  value: {{ .rate | toString | quote }}
+{{- if $.audit }}
+- name: CREDITSYNC_MARKETPLACE_AUDIT_INTERVAL
+  value: {{ .auditInterval | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The plan catalog file `creditsync db upgrade` seeds an empty catalog from. */}}
 {{- define "creditsync.plansFile" -}}
 plans:
