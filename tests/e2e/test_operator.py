@@ -27,7 +27,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, clock, drift, inbox, locks, policy_store, seed
+from creditsync import (
+    catalog,
+    clock,
+    drift,
+    inbox,
+    locks,
+    marketplace_standin,
+    policy_store,
+    seed,
+)
 from creditsync.storage import database, models
 from creditsync_api import devkeys, tokens, wix
 from tests.e2e.conftest import (
@@ -253,7 +262,8 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
     # defaults come from the schema
     spec = system.sync()["spec"]
     assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                    "expiryGracePeriod": "0s", "suspend": False, "dryRun": False}
+                    "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
+                    "marketplaceAudit": {"interval": "6h"}}
 
 
 def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
@@ -635,6 +645,117 @@ def test_the_creditsync_policy_governs_the_webhook_path(
         system.patch("creditsyncs", "creditsync", {"usageOnPlanChange": "Reset"})
     system.wait("the policy back to Reset", lambda: policy_store.current(
         system.engine).policy.usage_on_plan_change == "Reset")
+
+
+def _instance(system: System, instance_id: str) -> tuple[str, int]:
+    inst = models.INSTANCES
+    with database.read(system.engine) as conn:
+        row = conn.execute(sa.select(inst.c.plan_id, inst.c.credits_total)
+                           .where(inst.c.instance_id == instance_id)).one()
+    return str(row.plan_id), int(row.credits_total)
+
+
+def _audited(system: System, instance_id: str) -> bool:
+    inst = models.INSTANCES
+    with database.read(system.engine) as conn:
+        return conn.execute(sa.select(inst.c.last_audited_at).where(
+            inst.c.instance_id == instance_id)).scalar_one() is not None
+
+
+def test_the_operator_audits_the_marketplace_and_heals_a_missed_purchase(
+        system: System) -> None:
+    """An operator with the marketplace source on (the stand-in) asks about every instance
+    on `spec.marketplaceAudit.interval`: a purchase whose webhook never came is healed and
+    reported in `lastAudit`; a marketplace that answers 503 makes it Degraded
+    (MarketplaceUnavailable) until it answers again."""
+    system.wait("a converged system", lambda: system.drifted() == [])
+    standin = marketplace_standin.StandIn(app_id="e2e-app", app_secret="e2e-app-secret")
+    inst = models.INSTANCES
+    with database.read(system.engine) as conn:
+        rows = conn.execute(sa.select(inst.c.instance_id, inst.c.plan_id)
+                            .order_by(inst.c.instance_id)).all()
+    default = next(p.id for p in catalog.current(system.engine) if p.default)
+    for row in rows:  # the marketplace agrees with every instance ...
+        if row.plan_id != default:
+            standin.set_paid(row.instance_id, row.plan_id)
+    missed, later = [r.instance_id for r in rows if r.plan_id == default][:2]
+    standin.set_paid(missed, "pro")  # ... but one: it bought pro, and no webhook came
+    credits = {p.id: p.monthly_credits for p in catalog.current(system.engine)}
+    pro, starter = credits["pro"], credits["starter"]
+    served = marketplace_standin.serve(standin)
+    for op in system.operators:
+        if op.running():
+            op.stop()
+    operator = OperatorProcess("operator-marketplace", system.log_dir, {
+        **system.env, "CREDITSYNC_WIX_APP_ID": standin.app_id,
+        "CREDITSYNC_WIX_API_URL": served.url, "CREDITSYNC_APP_SECRET": standin.app_secret,
+        "CREDITSYNC_MARKETPLACE_RATE": "200"}, ("--namespace", NS))
+    system.operators.append(operator)
+    try:
+        system.wait("the operator to start with the marketplace on", lambda: (
+            f"marketplace audit on at {served.url}" in operator.log()))
+        # instances never asked about are due at once, whatever the interval
+        system.wait("the first audit healing the missed purchase",
+                    lambda: _instance(system, missed) == ("pro", pro), timeout=60)
+        system.patch("creditsyncs", "creditsync", {"marketplaceAudit": {"interval": "2s"}})
+        system.wait("the first pass asking about the next one", lambda: _audited(system, later))
+        standin.set_paid(later, "starter")  # bought after the first pass; no webhook either
+        system.wait("the audit on its 2s schedule healing the next one",
+                    lambda: _instance(system, later) == ("starter", starter), timeout=60)
+        obj = system.wait_sync("lastAudit in the status", lambda s: (
+            s["status"].get("lastAudit", {}).get("checked", 0) > 0))
+        last = obj["status"]["lastAudit"]
+        assert set(last) == {"time", "checked", "disagreed", "healed", "errors"}  # declared
+        assert last["errors"] == 0
+        assert dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(
+            last["time"].replace("Z", "+00:00")) < dt.timedelta(minutes=1)
+        assert status_of(obj, "Degraded") == ("False", "AsExpected")
+        system.wait("the missed-webhook alert", lambda: [
+            t for t in system.http.texts()
+            if f"missed webhook healed: instance {later} free → starter" in t])
+        events = models.WEBHOOK_EVENTS
+        with database.read(system.engine) as conn:
+            snapshots = conn.execute(sa.select(events.c.instance_id, events.c.status).where(
+                events.c.event_type == "MarketplaceSnapshot")).all()
+        assert sorted(tuple(r) for r in snapshots) == sorted(
+            [(missed, "applied"), (later, "applied")])  # nobody else differed
+        assert standin.token_requests[later] == 1  # one token per instance per lifetime
+        assert standin.instance_requests[later] >= 2
+        assert system.drifted() == []
+
+        standin.fail_with(503)
+        obj = system.wait_sync("Degraded/MarketplaceUnavailable", lambda s: status_of(
+            s, "Degraded") == ("True", "MarketplaceUnavailable"), timeout=60)
+        message = condition(obj, "Degraded")["message"]
+        assert "the marketplace audit could not check any of" in message
+        assert "answered GET /apps/v1/instance with 503" in message
+        assert obj["status"]["lastAudit"]["checked"] == 0
+        assert obj["status"]["lastAudit"]["errors"] > 0
+        assert status_of(obj, "Ready")[0] == "True"  # convergence is fine
+        system.wait("the Degraded event", lambda: [
+            e for e in system.events("creditsync", "Degraded")
+            if e.message.startswith("MarketplaceUnavailable: ")])
+        system.wait("the degraded alert", lambda: [
+            t for t in system.http.texts() if "is degraded: MarketplaceUnavailable" in t])
+        assert _instance(system, missed) == ("pro", pro)  # an error changes nobody
+
+        standin.heal()
+        obj = system.wait_sync("recovery once the marketplace answers", lambda s: status_of(
+            s, "Degraded") == ("False", "AsExpected"), timeout=60)
+        assert obj["status"]["lastAudit"]["errors"] == 0
+        system.wait("the Recovered event", lambda: [
+            e for e in system.events("creditsync", "Recovered")
+            if e.message == "no longer MarketplaceUnavailable"])
+        system.wait("the recovery alert", lambda: [
+            t for t in system.http.texts() if "No longer MarketplaceUnavailable" in t])
+    finally:
+        standin.heal()
+        system.patch("creditsyncs", "creditsync", {"marketplaceAudit": {"interval": "6h"}})
+    system.wait("a converged system", lambda: system.drifted() == [])
+    assert operator.stop() == 0  # before its marketplace goes away
+    served.stop()
+    plain = system.start_operator("operator-3")  # as before: the marketplace source off
+    system.wait("the plain operator to start", lambda: "marketplace audit off" in plain.log())
 
 
 def _ok(url: str) -> bool:
