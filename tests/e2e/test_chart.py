@@ -385,6 +385,16 @@ def test_the_operator_converges_as_the_chart_service_account(release: Release) -
         assert answer.status == 200
 
 
+def test_without_an_app_id_the_marketplace_source_is_off(release: Release) -> None:
+    """The chart's CreditSync carries marketplace.auditInterval (the API server keeps the
+    field); with marketplace.appId empty the operator audits nothing and says so."""
+    obj = release.get("creditsyncs", "creditsync")
+    assert obj["spec"]["marketplaceAudit"] == {"interval": "6h"}
+    assert "lastAudit" not in obj["status"]
+    wait_for("the operator's start-up line", lambda: "marketplace audit off" in
+             release.containers["operator"].log(), logs=release.logs)
+
+
 def test_kubectl_get_shows_the_columns(release: Release) -> None:
     rows = table(release.kubectl("get", "creditsyncs"))
     assert rows[0] == ["NAME", "READY", "INSTANCES", "DRIFTED", "LAST SYNC", "AGE"]
