@@ -182,8 +182,8 @@ def run(
             report.failures.append((instance_id, exc.message))
             log.warning("audit: instance %s not checked: %s", instance_id, exc.message,
                         extra={"instance_id": instance_id, "error": exc.code})
-            if not dry_run:  # the next in line gets its turn
-                _checked(engine, instance_id, now(), error=exc.message)
+            if not dry_run:  # kept first in line, so it is asked again soon
+                _unanswered(engine, instance_id, exc.message)
         else:
             report.checked += 1
             if found is not None:
@@ -224,12 +224,16 @@ def ask(
     return found, None
 
 
-def _checked(
-    engine: Engine, instance_id: str, at: dt.datetime, error: str | None = None
-) -> None:
+def _checked(engine: Engine, instance_id: str, at: dt.datetime) -> None:
     with database.write(engine) as conn:
         conn.execute(_i.update().where(_i.c.instance_id == instance_id)
-                     .values(last_audited_at=at, last_audit_error=error))
+                     .values(last_audited_at=at, last_audit_error=None))
+
+
+def _unanswered(engine: Engine, instance_id: str, error: str) -> None:
+    with database.write(engine) as conn:
+        conn.execute(_i.update().where(_i.c.instance_id == instance_id)
+                     .values(last_audit_error=error))
 
 
 def _record(engine: Engine, report: Report, scope: str) -> None:

@@ -150,7 +150,9 @@ class Runner:
             except Exception as exc:
                 log.error("marketplace audit failed: %s; retrying in %ss", exc, AUDIT_IDLE_S,
                           extra={"error": f"{type(exc).__name__}: {exc}"})
-            busy = report is not None and report.checked + report.errors > 0
+            # on at once while instances get checked; a batch the marketplace could not
+            # answer at all waits (its instances stay first in line for the next one)
+            busy = report is not None and report.checked > 0
             self.stopping.wait(0 if busy else AUDIT_IDLE_S)
 
     def start(self) -> threading.Thread:

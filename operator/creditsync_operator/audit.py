@@ -93,7 +93,9 @@ async def audit_once(shared: state.Shared, client: marketplace.Client, loop: sch
     if found is None or not found.checked + found.errors:
         return False
     await report_batch(shared, loop, body, found)
-    return True
+    # a batch the marketplace could not answer at all rests: its instances stay first in
+    # line (an unanswered instance is not marked checked) for the next batch
+    return found.checked > 0
 
 
 async def stand_down(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body) -> None:

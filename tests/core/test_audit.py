@@ -183,3 +183,20 @@ def test_the_periodic_audit_walks_installed_instances_least_recently_checked_fir
     nothing = runner.guarded_audit(engine, client, dt.timedelta(hours=6), batch=5)
     assert nothing is not None
     assert nothing.checked == 0
+
+
+def test_an_instance_the_marketplace_did_not_answer_for_stays_first_in_line(
+    engine: Engine, running: marketplace_standin.Running, client: marketplace.Client,
+) -> None:
+    for name in ("a", "b"):
+        instances.provision(engine, name, now=now())
+    running.standin.set_paid("a", "pro")
+    running.standin.fail_with(503, times=1)  # the first request: "a"'s token
+    failed = runner.guarded_audit(engine, client, dt.timedelta(hours=6), batch=1)
+    assert failed is not None
+    assert (failed.checked, failed.errors) == (0, 1)
+    assert audit.installed(engine, limit=10, checked_before=now()) == ["a", "b"]
+    healed = runner.guarded_audit(engine, client, dt.timedelta(hours=6), batch=1)
+    assert healed is not None
+    assert (healed.checked, healed.healed) == (1, 1)
+    assert instance(engine, "a").plan_id == "pro"
