@@ -42,6 +42,7 @@ _i = models.INSTANCES
 _s = models.SUBSCRIPTIONS
 _runs = models.SYNC_RUNS
 MISSED_WEBHOOK = "missed_webhook"  # the alert key of a healed disagreement
+UNANSWERED_RETRY = dt.timedelta(minutes=10)  # the periodic audit asks again this soon
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,10 @@ def run(
             report.failures.append((instance_id, exc.message))
             log.warning("audit: instance %s not checked: %s", instance_id, exc.message,
                         extra={"instance_id": instance_id, "error": exc.code})
-            if not dry_run:  # kept first in line, so it is asked again soon
-                _unanswered(engine, instance_id, exc.message)
+            if not dry_run:  # due again soon, not after a whole interval
+                _unanswered(engine, instance_id, exc.message,
+                            None if checked_before is None
+                            else checked_before + UNANSWERED_RETRY)
         else:
             report.checked += 1
             if found is not None:
@@ -230,10 +233,16 @@ def _checked(engine: Engine, instance_id: str, at: dt.datetime) -> None:
                      .values(last_audited_at=at, last_audit_error=None))
 
 
-def _unanswered(engine: Engine, instance_id: str, error: str) -> None:
+def _unanswered(
+    engine: Engine, instance_id: str, error: str, due_again: dt.datetime | None
+) -> None:
+    """Record why; in the periodic audit, make it due again `UNANSWERED_RETRY` from now
+    (others that fail never block the line, and it is not left for a whole interval)."""
+    values: dict[str, Any] = {"last_audit_error": error}
+    if due_again is not None:
+        values["last_audited_at"] = due_again
     with database.write(engine) as conn:
-        conn.execute(_i.update().where(_i.c.instance_id == instance_id)
-                     .values(last_audit_error=error))
+        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(**values))
 
 
 def _record(engine: Engine, report: Report, scope: str) -> None:

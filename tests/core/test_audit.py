@@ -185,18 +185,21 @@ def test_the_periodic_audit_walks_installed_instances_least_recently_checked_fir
     assert nothing.checked == 0
 
 
-def test_an_instance_the_marketplace_did_not_answer_for_stays_first_in_line(
+def test_an_instance_the_marketplace_did_not_answer_for_is_asked_again_soon(
     engine: Engine, running: marketplace_standin.Running, client: marketplace.Client,
 ) -> None:
+    """Not after a whole interval, and without blocking the line for the others."""
+    six_hours = dt.timedelta(hours=6)
     for name in ("a", "b"):
         instances.provision(engine, name, now=now())
     running.standin.set_paid("a", "pro")
     running.standin.fail_with(503, times=1)  # the first request: "a"'s token
-    failed = runner.guarded_audit(engine, client, dt.timedelta(hours=6), batch=1)
+    failed = runner.guarded_audit(engine, client, six_hours, batch=1)
     assert failed is not None
     assert (failed.checked, failed.errors) == (0, 1)
-    assert audit.installed(engine, limit=10, checked_before=now()) == ["a", "b"]
-    healed = runner.guarded_audit(engine, client, dt.timedelta(hours=6), batch=1)
-    assert healed is not None
-    assert (healed.checked, healed.healed) == (1, 1)
+    assert audit.installed(engine, limit=10, checked_before=now() - six_hours) == ["b"]
+    soon = now() - six_hours + audit.UNANSWERED_RETRY + dt.timedelta(seconds=1)
+    assert audit.installed(engine, limit=10, checked_before=soon) == ["b", "a"]
+    report = audit.run(engine, client, limit=5, checked_before=soon)
+    assert (report.checked, report.healed) == (2, 1)
     assert instance(engine, "a").plan_id == "pro"
