@@ -63,8 +63,11 @@ def site(pg: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         drop_pg_database(pg, name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium, per module: Playwright's sync API keeps an asyncio loop running in this
+    thread while it is open, and `asyncio.run` in any later test on the same worker (the
+    inbox and operator tests) would fail with "cannot be called from a running event loop"."""
     with sync_playwright() as playwright:
         found = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                            args=CHROMIUM_ARGS)
