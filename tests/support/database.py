@@ -1,11 +1,17 @@
 """Test databases: SQLite files and PostgreSQL databases at the schema's head with the
 built-in catalog seeded. PostgreSQL databases are cloned from `TEMPLATE`, which the
-session's `pg` fixture (tests/conftest.py) prepares once per cluster (one per worker)."""
+session's `pg` fixture (tests/conftest.py) prepares once per cluster (one per worker);
+SQLite databases are copies of a file prepared once per process (running the migrations
+for each test cost ~0.2 s of CPU a test)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +36,22 @@ def prepare(url: str) -> None:
             catalog.seed(conn, None, T0)
     finally:
         engine.dispose()
+
+
+@functools.cache
+def _sqlite_template() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="creditsync-sqlite-template-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    path = root / "template.db"
+    prepare(f"sqlite:///{path}")  # its engine disposed: no WAL left beside the file
+    return path
+
+
+def new_sqlite_database(path: Path) -> str:
+    """A SQLite database at `path` (a copy of the prepared template); returns its URL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_sqlite_template(), path)
+    return f"sqlite:///{path}"
 
 
 def _admin(cluster: PostgresCluster, *statements: str) -> None:
@@ -66,9 +88,7 @@ def drop_pg_database(cluster: PostgresCluster, name: str) -> None:
 def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
     """A new database at the schema's head with the built-in catalog: `sqlite` or `postgres`."""
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/creditsync.db"
-        prepare(url)
-        yield url
+        yield new_sqlite_database(tmp_path / "creditsync.db")
         return
     cluster: PostgresCluster = request.getfixturevalue("pg")
     name = new_pg_database(cluster)
