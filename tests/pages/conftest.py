@@ -21,6 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
 
+from creditsync import marketplace_standin
 from creditsync.storage import database
 from creditsync_api import devkeys
 from tests.api.conftest import Api, Server, server_env
@@ -126,3 +127,30 @@ def page(browser: Browser, site: Site, console: Console) -> Iterator[Page]:
 
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+
+
+@dataclass
+class Marketplace:
+    """The marketplace's STAND-IN (not Wix: `creditsync.marketplace_standin`), and a second
+    API server on the module's database with the marketplace source on, at `site.url`."""
+
+    standin: marketplace_standin.StandIn
+    url: str  # the stand-in's
+    site: Site
+
+
+@pytest.fixture(scope="module")
+def marketplace(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Marketplace]:
+    app_id = "pages-app"
+    running = marketplace_standin.serve(
+        marketplace_standin.StandIn(app_id, site.api.keys.app_secret))
+    env = server_env(site.database_url, site.api.keys, CREDITSYNC_WIX_APP_ID=app_id,
+                     CREDITSYNC_WIX_API_URL=running.url, CREDITSYNC_MARKETPLACE_RATE="1000")
+    server = Server(["api"], env, tmp_path_factory.mktemp("marketplace") / "api.log")
+    try:
+        server.wait_ready()
+        yield Marketplace(running.standin, running.url,
+                          Site(server.url, site.api, site.database_url, server))
+    finally:
+        server.stop()
+        running.stop()
