@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 from creditsync.storage import models
 from tests.api.conftest import Api, ms
 from tests.pages.checks import assert_accessible, shoot, spoken
-from tests.pages.conftest import Console, Site
+from tests.pages.conftest import Console, Marketplace, Site
 
 pytestmark = pytest.mark.postgres
 
@@ -37,7 +37,7 @@ def on_pro(api: Api, name: str) -> str:
 
 
 def open_billing(page: Page, site: Site, instance: str, **token: dt.datetime) -> None:
-    page.goto(f"/billing?instance={site.api.token(instance, **token)}")
+    page.goto(f"{site.url}/billing?instance={site.api.token(instance, **token)}")
     expect(page.locator("#usage")).to_have_attribute("aria-busy", "false")
 
 
@@ -86,6 +86,41 @@ def test_a_paid_instance_stuck_at_100_clicks_sync_and_sees_5000(
     assert (ledger.kind, ledger.actor, ledger.credits_total_after) == ("drift_repair", "manual",
                                                                        5000)
     shoot(page, "billing")
+
+
+def test_sync_credits_says_when_the_marketplace_healed_a_missed_purchase(
+        page: Page, marketplace: Marketplace) -> None:
+    """With the marketplace source on (its STAND-IN here): a site paid for Pro, the webhook
+    never came; Sync Credits asks the marketplace first and says what it found."""
+    api = marketplace.site.api
+    instance = api.instance("missed")
+    api.install(instance)
+    marketplace.standin.set_paid(instance, "pro")
+    open_billing(page, marketplace.site, instance)
+    assert card(page)["total"] == "100"
+    page.get_by_role("button", name="Sync Credits").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "The marketplace says you pay for Pro: credits updated 100 → 5,000.")
+    expect(page.locator("#sync-status .notice")).to_have_class(re.compile(r"\bsuccess\b"))
+    assert card(page) == {"plan": "Pro", "total": "5,000", "used": "0", "bonus": "0",
+                          "remaining": "5,000", "sync-state": "In sync"}
+    shoot(page, "billing-marketplace-healed", full_page=False)
+
+
+def test_sync_credits_when_the_marketplace_cannot_be_asked_still_syncs(
+        page: Page, marketplace: Marketplace) -> None:
+    instance = stuck_on_free(marketplace.site.api, "unasked")
+    open_billing(page, marketplace.site, instance)
+    marketplace.standin.fail_with(503)
+    try:
+        page.get_by_role("button", name="Sync Credits").click()
+        expect(page.get_by_role("status")).to_have_text(
+            "Credits updated: 100 → 5,000 (Pro). The marketplace could not be asked what your "
+            "site pays for just now: creditsync will ask it again automatically.")
+    finally:
+        marketplace.standin.heal()
+    expect(page.locator("#sync-alert")).to_be_empty()  # not an error: the sync did its part
+    assert card(page)["total"] == "5,000"
 
 
 def test_sync_when_all_is_right_says_so_and_a_second_click_is_rate_limited(

@@ -99,6 +99,36 @@ function summarize(result) {
   return `${sentence.charAt(0).toUpperCase()}${sentence.slice(1)}.`;
 }
 
+/**
+ * What the marketplace said, when it changed something: "The marketplace says you pay for
+ * Pro: credits updated 100 → 5,000." (a purchase whose webhook never came, healed now).
+ */
+function marketplaceSentence(result) {
+  const found = result.marketplace;
+  if (!found) return null;
+  const before = result.before;
+  const after = result.after;
+  if (found.action === "healed") {
+    const paid = names.label(found.marketplacePlan);
+    if (before.creditsTotal !== after.creditsTotal) {
+      return `The marketplace says you pay for ${paid}: credits updated ` +
+        `${fmtInt(before.creditsTotal)} → ${fmtInt(after.creditsTotal)}.`;
+    }
+    return `The marketplace says you pay for ${paid}: plan updated ` +
+      `${names.label(before.plan)} → ${names.label(after.plan)}.`;
+  }
+  if (found.action === "quarantined") {
+    return `The marketplace says you pay for a package creditsync does not know yet ` +
+      `(${found.marketplacePlan}): nothing was taken away, and support has been told. ` +
+      summarize(result);
+  }
+  return null;
+}
+
+/** The marketplace could not be asked: the sync itself still did its part. */
+const MARKETPLACE_LATER = "The marketplace could not be asked what your site pays for just " +
+  "now: creditsync will ask it again automatically.";
+
 async function sync() {
   if (busy) return;
   setBusy(true);
@@ -107,7 +137,11 @@ async function sync() {
   try {
     const result = await api("/api/billing/sync-credits", { token, method: "POST" });
     render(result.after);
-    syncMessages.show(result.changes.length ? "success" : "info", summarize(result));
+    const fromMarketplace = marketplaceSentence(result);
+    const changed = result.changes.length > 0 || result.marketplace?.action === "healed";
+    const sentence = fromMarketplace || summarize(result);
+    syncMessages.show(changed ? "success" : "info", result.marketplaceError
+      ? `${sentence} ${MARKETPLACE_LATER}` : sentence);
     loadHistory(0);
   } catch (error) {
     waitSeconds = error.status === 429 ? error.retryAfter || 5 : 0;
