@@ -1,7 +1,9 @@
 // /admin: sign in with the admin token (sessionStorage: this tab's session only), then the
 // overview charts, instances (filters, search, pages, one instance with its history and a
 // bonus adjustment), bulk sync (dry run first, then apply), the webhook inbox with replay,
-// and the plan catalog. Everything comes from the admin API.
+// the marketplace audit (its last run, disagreements per day, the instances the marketplace
+// did not answer for, and a run: dry run first, then apply), and the plan catalog.
+// Everything comes from the admin API.
 
 import {
   $, ApiError, LedgerPager, Messages, PlanNames, api, beforeAfter, cell, fill, fmtDate,
@@ -171,10 +173,12 @@ function daysBetween(since, until) {
 
 async function loadOverview() {
   let stats;
+  $("#audit").setAttribute("aria-busy", "true");
   try {
     stats = await call("/api/admin/stats", { query: { days: 30 } });
   } catch (error) {
     explain(error, overviewMessages, loadOverview);
+    $("#audit").setAttribute("aria-busy", "false");
     return;
   }
   overviewMessages.clear();
@@ -211,6 +215,8 @@ async function loadOverview() {
   dayBars($("#chart-usage"), { days, what: "Credits used by plan per day", unit: "credits",
     series: series.length ? series : [{ name: "Credits", color: PALETTE[0],
       values: days.map(() => 0) }] });
+  renderAudit(stats.audit, days);
+  $("#audit").setAttribute("aria-busy", "false");
 }
 
 // -- instances ------------------------------------------------------------------------------
@@ -697,6 +703,236 @@ async function replay(event, button) {
   keepFocus(null, $("#webhooks-title"));
 }
 
+// -- marketplace audit ----------------------------------------------------------------------
+
+// What the audit did about a disagreement (the core's AuditAction), as a pill; an action this
+// page does not know yet is shown as the API names it.
+const AUDIT_PILLS = { healed: "ok", would_heal: "info", quarantined: "warn", none: "neutral" };
+const AUDIT_LABELS = { healed: "Healed", would_heal: "Would heal", quarantined: "Quarantined",
+  none: "Nothing to do" };
+
+const auditMessages = new Messages($("#audit-status"), $("#audit-alert"));
+let auditPreview = null; // the scope a shown dry run was made for
+
+const plural = (n, word) => `${fmtInt(n)} ${word}${n === 1 ? "" : "s"}`;
+
+function renderAudit(audit, days) {
+  const last = audit.last;
+  fill($("#audit-when"), audit.lastRunAt
+    ? timeEl(audit.lastRunAt, fmtRelative(audit.lastRunAt)) : "Never");
+  $("#audit-checked").textContent = last ? fmtInt(last.checked) : "—";
+  $("#audit-disagreed").textContent = last ? fmtInt(last.disagreed) : "—";
+  $("#audit-healed").textContent = last ? fmtInt(last.healed) : "—";
+  $("#audit-errors").textContent = last ? fmtInt(last.errors) : "—";
+  $("#audit-queue").textContent = audit.neverChecked
+    ? `${plural(audit.neverChecked, "instance")} never asked about yet: the next audit asks ` +
+      "about them first."
+    : "Every instance has been asked about at least once.";
+
+  const index = new Map(days.map((day, i) => [day, i]));
+  const healed = days.map(() => 0);
+  const unhealed = days.map(() => 0);
+  for (const row of audit.perDay) {
+    const i = index.get(row.day);
+    if (i === undefined) continue;
+    healed[i] = row.healed;
+    unhealed[i] = Math.max(row.disagreed - row.healed, 0);
+  }
+  dayBars($("#chart-audit"), { days, what: "Disagreements per day", unit: "disagreements",
+    series: [{ name: "Healed", color: PALETTE[2], values: healed },
+      { name: "Not healed", color: PALETTE[1], values: unhealed }] });
+
+  const shown = audit.unanswered.length;
+  const most = audit.unansweredCount > shown ? ` (the ${fmtInt(shown)} most recent below)` : "";
+  $("#audit-unanswered-summary").textContent = audit.unansweredCount
+    ? `The marketplace could not answer for ${plural(audit.unansweredCount, "instance")} ` +
+      `when last asked${most}; nothing was changed for them, and the audit asks again soon.`
+    : "The marketplace answered for every instance it was asked about.";
+  const rows = audit.unanswered.map((item) => h("tr", { "data-instance": item.instanceId },
+    cell("Instance", h("code", {}, item.instanceId)),
+    cell("Last checked", item.checkedAt ? timeEl(item.checkedAt, fmtRelative(item.checkedAt))
+      : "never"),
+    cell("Error", capitalizeFirst(item.error)),
+    h("td", { class: "no-label" }, h("button", { type: "button", class: "btn small",
+      "aria-label": `Ask again about ${item.instanceId}`,
+      onclick: () => askAgain(item.instanceId) }, "Ask again"))));
+  fill($("#audit-unanswered"), rows.length ? h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" },
+      "Instances the marketplace could not answer for, most recent first"),
+    head(["Instance", "Last checked", "Error",
+      h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions"))]),
+    h("tbody", {}, rows)) : null);
+}
+
+/** "Ask again" beside an unanswered instance: a dry run for that instance alone. */
+function askAgain(instanceId) {
+  const form = $("#audit-form");
+  form.scope.value = "listed";
+  scopeChanged();
+  form.ids.value = instanceId;
+  form.requestSubmit();
+}
+
+function auditScope() {
+  const form = $("#audit-form");
+  if (form.scope.value === "all") return { all: true };
+  return { instanceIds: [...new Set(form.ids.value.split(/[\s,]+/).filter(Boolean))] };
+}
+
+function scopeChanged() {
+  const all = $("#audit-form").scope.value === "all";
+  $("#audit-ids").disabled = all;
+  $("#audit-ids").removeAttribute("aria-invalid");
+  if (auditPreview) discardAudit("The instances to ask about changed: preview again.");
+}
+
+function discardAudit(why) {
+  auditPreview = null;
+  fill($("#audit-diff"));
+  if (why) auditMessages.show("info", why);
+}
+
+function explainAudit(error, retry) {
+  if (error instanceof ApiError && error.code === "marketplace_off") {
+    auditMessages.show("warning", ["The marketplace source is off, so there is nobody to ask. ",
+      "Set ", h("code", {}, "CREDITSYNC_WIX_APP_ID"), " (the app's id at the marketplace, with ",
+      h("code", {}, "CREDITSYNC_APP_SECRET"), " as its secret) where creditsync runs, restart ",
+      "it, and audit again."]);
+    return;
+  }
+  explain(error, auditMessages, retry);
+}
+
+async function previewAudit(event) {
+  event.preventDefault();
+  const chosen = auditScope();
+  const ids = $("#audit-ids");
+  if (chosen.instanceIds && (!chosen.instanceIds.length || chosen.instanceIds.length > 1000)) {
+    ids.setAttribute("aria-invalid", "true");
+    auditMessages.show("error", chosen.instanceIds.length
+      ? `That is ${fmtInt(chosen.instanceIds.length)} instance ids: list at most 1,000, or ` +
+        "choose Every instance."
+      : "List the instance ids to ask about, or choose Every instance.");
+    ids.focus();
+    return;
+  }
+  ids.removeAttribute("aria-invalid");
+  discardAudit();
+  auditMessages.clear();
+  const button = $("#audit-preview");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const result = await call("/api/admin/audit", { method: "POST",
+      body: { ...chosen, dryRun: true } });
+    showAuditPreview(chosen, result);
+  } catch (error) {
+    explainAudit(error);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    keepFocus(button, button);
+  }
+}
+
+function planName(id) {
+  return names.byId.has(id) ? names.label(id) : h("code", {}, id);
+}
+
+function auditMeaning(item, dryRun) {
+  switch (item.action) {
+    case "would_heal":
+      return "Applying stores what the marketplace says and applies it like the webhook " +
+        "that never came.";
+    case "healed":
+      return "Applied like the webhook that never came; the instance converged.";
+    case "quarantined":
+      return ["No plan has product id ", h("code", {}, item.marketplacePlan), dryRun
+        ? ": applying stores it quarantined and alerts; nobody is downgraded."
+        : ": quarantined and alerted, nobody downgraded. Add it to the catalog, then replay " +
+          "it in the inbox."];
+    case "none":
+      return "A newer webhook had already decided: nothing to do.";
+    default:
+      return "";
+  }
+}
+
+function auditTable(result, dryRun) {
+  const rows = result.disagreements.map((item) => h("tr", { "data-instance": item.instanceId,
+    "data-action": item.action },
+  cell("Instance", h("code", {}, item.instanceId)),
+  cell("Our plan", planName(item.ourPlan)),
+  cell("Marketplace", planName(item.marketplacePlan)),
+  cell("Action", h("span", { class: `pill ${AUDIT_PILLS[item.action] || "neutral"}` },
+    AUDIT_LABELS[item.action] || capitalizeFirst(item.action.replaceAll("_", " ")))),
+  cell("Details", auditMeaning(item, dryRun))));
+  return h("div", { class: "table-wrap" }, h("table", { class: "data stacked" },
+    h("caption", {}, dryRun ? "Where the marketplace disagrees with our plan"
+      : "What the audit did"),
+    head(["Instance", "Our plan", "Marketplace", "Action", "Details"]),
+    h("tbody", {}, rows)));
+}
+
+function unansweredNote(result) {
+  return result.errors
+    ? `; the marketplace could not answer for ${plural(result.errors, "instance")}` : "";
+}
+
+function showAuditPreview(chosen, result) {
+  const checked = `${plural(result.checked, "instance")} checked`;
+  if (!result.disagreed && result.errors) {
+    auditMessages.show("warning", `The marketplace could not answer for ` +
+      `${plural(result.errors, "instance")}${result.checked ? `; the ${plural(result.checked,
+        "instance")} it answered for agree` : ""}. Nothing was written.`);
+    return;
+  }
+  if (!result.disagreed) {
+    auditMessages.show("info", `The marketplace agrees: ${checked}, nothing to heal.`);
+    return;
+  }
+  auditPreview = chosen;
+  const count = plural(result.disagreed, "instance");
+  auditMessages.show(result.errors ? "warning" : "info", `Dry run: the marketplace disagrees ` +
+    `on ${count} (${checked})${unansweredNote(result)}. Nothing was written yet.`);
+  fill($("#audit-diff"), auditTable(result, true),
+    h("div", { class: "form-actions actions" },
+      h("button", { type: "button", class: "btn primary", id: "audit-apply",
+        onclick: applyAudit }, `Apply to ${count}`),
+      h("button", { type: "button", class: "btn", onclick: () => {
+        discardAudit("Preview discarded: nothing was changed.");
+        $("#audit-preview").focus();
+      } }, "Discard")));
+}
+
+async function applyAudit() {
+  const chosen = auditPreview;
+  const button = $("#audit-apply");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  $("#audit").setAttribute("aria-busy", "true"); // until the counts below are reloaded
+  try {
+    const result = await call("/api/admin/audit", { method: "POST",
+      body: { ...chosen, dryRun: false } });
+    discardAudit();
+    const quarantined = result.disagreements.filter((d) => d.action === "quarantined").length;
+    const odd = quarantined ? `, ${fmtInt(quarantined)} quarantined (a package no plan names; ` +
+      "nobody was downgraded)" : "";
+    const text = `Applied: ${plural(result.healed, "instance")} healed${odd} ` +
+      `(${plural(result.checked, "instance")} checked)${unansweredNote(result)}.`;
+    auditMessages.show(result.errors ? "warning" : "success", text);
+    if (result.disagreements.length) fill($("#audit-diff"), auditTable(result, false));
+    await Promise.all([loadOverview(), loadInstances(instances.index),
+      loadWebhooks(webhooks.index)]);
+  } catch (error) {
+    explainAudit(error, applyAudit);
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    $("#audit").setAttribute("aria-busy", "false");
+  }
+  keepFocus(null, $("#audit-preview"));
+}
+
 // -- wiring ---------------------------------------------------------------------------------
 
 function wire() {
@@ -747,6 +983,14 @@ function wire() {
     () => loadWebhooks(webhooks.index - 1, { userAction: true }));
   $("#webhooks-next").addEventListener("click",
     () => loadWebhooks(webhooks.index + 1, { userAction: true }));
+  $("#audit-form").addEventListener("submit", previewAudit);
+  $("#audit-form").addEventListener("change", (event) => {
+    if (event.target.name === "scope") scopeChanged();
+  });
+  $("#audit-ids").addEventListener("input", () => {
+    if (auditPreview) discardAudit("The instance ids changed: preview again.");
+  });
+  $("#audit-refresh").addEventListener("click", () => loadOverview());
   for (const link of document.querySelectorAll(".tabs a")) {
     link.addEventListener("click", () => {
       for (const other of document.querySelectorAll(".tabs a")) {
