@@ -98,17 +98,22 @@ Progress = Callable[[int], None]
 
 
 def installed(
-    engine: Engine, *, limit: int, checked_before: dt.datetime | None = None
+    engine: Engine, *, limit: int, checked_before: dt.datetime | None = None,
+    retry_before: dt.datetime | None = None,
 ) -> list[str]:
     """Installed instances, least recently checked first (never checked: first of all).
 
-    `checked_before`: only those not checked since then (the periodic audit's due ones).
+    `checked_before`: only those not checked since then (the periodic audit's due ones), and
+    those the marketplace did not answer for when last asked before `retry_before`.
     """
     removed = sa.exists().where(_s.c.instance_id == _i.c.instance_id, _s.c.status == "removed")
     query = sa.select(_i.c.instance_id).where(~removed)
     if checked_before is not None:
-        query = query.where(sa.or_(_i.c.last_audited_at.is_(None),
-                                   _i.c.last_audited_at < checked_before))
+        due = [_i.c.last_audited_at.is_(None), _i.c.last_audited_at < checked_before]
+        if retry_before is not None:
+            due.append(sa.and_(_i.c.last_audit_error.is_not(None),
+                               _i.c.last_audited_at < retry_before))
+        query = query.where(sa.or_(*due))
     query = query.order_by(_i.c.last_audited_at.is_not(None), _i.c.last_audited_at,
                            _i.c.instance_id).limit(limit)
     with database.read(engine) as conn:
@@ -171,7 +176,8 @@ def run(
     started = time.perf_counter()
     report = Report(dry_run, now())
     ids = list(instance_ids) if instance_ids is not None else installed(
-        engine, limit=limit or 1_000_000_000, checked_before=checked_before)
+        engine, limit=limit or 1_000_000_000, checked_before=checked_before,
+        retry_before=now() - UNANSWERED_RETRY)
     for instance_id in ids:
         if should_stop():
             break
@@ -183,10 +189,8 @@ def run(
             report.failures.append((instance_id, exc.message))
             log.warning("audit: instance %s not checked: %s", instance_id, exc.message,
                         extra={"instance_id": instance_id, "error": exc.code})
-            if not dry_run:  # due again soon, not after a whole interval
-                _unanswered(engine, instance_id, exc.message,
-                            None if checked_before is None
-                            else checked_before + UNANSWERED_RETRY)
+            if not dry_run:  # asked again `UNANSWERED_RETRY` later, not a whole interval
+                _checked(engine, instance_id, now(), error=exc.message)
         else:
             report.checked += 1
             if found is not None:
@@ -227,22 +231,13 @@ def ask(
     return found, None
 
 
-def _checked(engine: Engine, instance_id: str, at: dt.datetime) -> None:
+def _checked(
+    engine: Engine, instance_id: str, at: dt.datetime, error: str | None = None
+) -> None:
+    """When it was last asked, and the marketplace's error if it did not answer."""
     with database.write(engine) as conn:
         conn.execute(_i.update().where(_i.c.instance_id == instance_id)
-                     .values(last_audited_at=at, last_audit_error=None))
-
-
-def _unanswered(
-    engine: Engine, instance_id: str, error: str, due_again: dt.datetime | None
-) -> None:
-    """Record why; in the periodic audit, make it due again `UNANSWERED_RETRY` from now
-    (others that fail never block the line, and it is not left for a whole interval)."""
-    values: dict[str, Any] = {"last_audit_error": error}
-    if due_again is not None:
-        values["last_audited_at"] = due_again
-    with database.write(engine) as conn:
-        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(**values))
+                     .values(last_audited_at=at, last_audit_error=error))
 
 
 def _record(engine: Engine, report: Report, scope: str) -> None:

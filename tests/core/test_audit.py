@@ -197,9 +197,12 @@ def test_an_instance_the_marketplace_did_not_answer_for_is_asked_again_soon(
     failed = runner.guarded_audit(engine, client, six_hours, batch=1)
     assert failed is not None
     assert (failed.checked, failed.errors) == (0, 1)
-    assert audit.installed(engine, limit=10, checked_before=now() - six_hours) == ["b"]
-    soon = now() - six_hours + audit.UNANSWERED_RETRY + dt.timedelta(seconds=1)
-    assert audit.installed(engine, limit=10, checked_before=soon) == ["b", "a"]
-    report = audit.run(engine, client, limit=5, checked_before=soon)
+    due = now() - six_hours
+    assert audit.installed(engine, limit=10, checked_before=due,
+                           retry_before=now() - audit.UNANSWERED_RETRY) == ["b"]
+    later = now() + audit.UNANSWERED_RETRY + dt.timedelta(seconds=1)
+    assert audit.installed(engine, limit=10, checked_before=due,
+                           retry_before=later - audit.UNANSWERED_RETRY) == ["b", "a"]
+    report = audit.run(engine, client, limit=5, checked_before=due, now=lambda: later)
     assert (report.checked, report.healed) == (2, 1)
     assert instance(engine, "a").plan_id == "pro"
