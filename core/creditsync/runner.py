@@ -151,7 +151,7 @@ class Runner:
                 log.error("marketplace audit failed: %s; retrying in %ss", exc, AUDIT_IDLE_S,
                           extra={"error": f"{type(exc).__name__}: {exc}"})
             # on at once while instances get checked; a batch the marketplace could not
-            # answer at all waits (its instances stay first in line for the next one)
+            # answer at all waits (its instances are asked again ten minutes later)
             busy = report is not None and report.checked > 0
             self.stopping.wait(0 if busy else AUDIT_IDLE_S)
 

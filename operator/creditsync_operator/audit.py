@@ -93,8 +93,8 @@ async def audit_once(shared: state.Shared, client: marketplace.Client, loop: sch
     if found is None or not found.checked + found.errors:
         return False
     await report_batch(shared, loop, body, found)
-    # a batch the marketplace could not answer at all rests: its instances stay first in
-    # line (an unanswered instance is not marked checked) for the next batch
+    # a batch the marketplace could not answer at all rests (its instances are asked again
+    # `audit.UNANSWERED_RETRY` later) instead of retrying at once
     return found.checked > 0
 
 
