@@ -370,7 +370,7 @@ def test_random_signed_events_never_answer_5xx(local_api: Api) -> None:
     api = local_api
     answered: dict[int, int] = {}
 
-    @settings(max_examples=150, deadline=None,
+    @settings(max_examples=75, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(_events())
     def post(event: tuple[str, str, Any, dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from creditsync import config, convergence, inbox, policy
 from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import devkeys, main
 from tests.api.conftest import Api, Server, local_app, ms, server_env, settings_for
+from tests.support import waiting
 from tests.support.database import fresh_database
 from tests.support.postgres import PostgresCluster
 
@@ -209,9 +210,8 @@ def test_a_slow_apply_answers_pending_within_the_marketplace_deadline(
     assert answer["status"] == "pending"
     assert elapsed < 1.25
     assert stored == (answer["eventId"], "pending")
-    deadline = time.monotonic() + 10
-    while api.inbox(inst)[-1].status != "applied" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    waiting.wait_for("the apply going on past the answer", lambda: api.inbox(inst)[
+        -1].status == "applied", timeout=10, every=0.05)
     assert api.credits(inst)["plan"] == "pro"
 
 
@@ -268,12 +268,9 @@ def _outage(api: Api, pg: PostgresCluster) -> None:
     assert metrics.status_code == 200
     assert [e.event_type for e in api.inbox(inst)] == ["AppInstalled"]  # nothing acknowledged
 
-    deadline = time.monotonic() + 30
-    while True:  # the marketplace retries until the database is back
-        response = api.post(body)
-        if response.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # the marketplace retries until the database is back
+    response = waiting.wait_for("a 200 once the database is back", lambda: (
+        answer := api.post(body)).status_code == 200 and answer, timeout=30)
     assert response.json()["status"] == "applied"
     assert api.credits(inst)["plan"] == "pro"
     assert api.http.get("/readyz").status_code == 200
