@@ -199,10 +199,12 @@ def install(app: FastAPI) -> None:
 def responses(*statuses: int, **special: type[schemas.ApiModel]) -> dict[int | str, Any]:
     """OpenAPI entries for these error statuses, all with the one error shape.
 
-    `special` maps `"s402"`-style keys to a model that extends the error shape.
+    `special` maps `"s402"`-style keys to a model that extends the error shape. Every route
+    may answer 413 (`limits.BodyLimit` refuses an oversized body before any route runs),
+    422 and 500.
     """
     out: dict[int | str, Any] = {}
-    for status in (*statuses, 422, 500):
+    for status in dict.fromkeys((*statuses, 413, 422, 500)):
         model = special.get(f"s{status}", schemas.ErrorBody)
         entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS.get(
             status, "Unexpected error (logged)." if status == 500 else "Error.")}
