@@ -156,7 +156,7 @@ def test_an_apply_that_fails_after_the_store_still_answers_200_and_is_retried(
 
     monkeypatch.setattr(policy, "transition", broken)  # used by both apply paths
     at = ms(api.now())
-    answer = api.buy(inst, "pro", at)
+    answer = api.post(api.webhook("PaidPlanPurchased", inst, product="pro", at=at)).json()
 
     assert answer["status"] == "pending"
     (_, event) = api.inbox(inst)
