@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,15 +85,13 @@ class Server:
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}: {self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.output()}")
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
+        waiting.wait_for("the server to answer /healthz", up, timeout=timeout, every=0.1,
+                         ignore=(httpx.HTTPError,), logs=self.output)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]

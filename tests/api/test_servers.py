@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from creditsync import drift
 from creditsync.storage import database, models
 from creditsync_api import devkeys, wix
 from tests.api.conftest import HOOK, Server, server_env
+from tests.support import waiting
 from tests.support.database import fresh_database
 
 PLANS = ("starter", "pro", "scale")
@@ -199,9 +199,7 @@ def _plans(engine: sa.Engine) -> dict[str, str]:
 
 
 def _wait_all_applied(engine: sa.Engine, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        statuses = {status for _, status, _, _ in _events(engine).values()}
-        if statuses <= {"applied", "stale"} or time.monotonic() > deadline:
-            return
-        time.sleep(0.2)
+    """Every stored event decided (the assertions after it say how)."""
+    waiting.wait_for("every stored event decided", lambda: {
+        status for _, status, _, _ in _events(engine).values()} <= {"applied", "stale"},
+        timeout=timeout)

@@ -13,8 +13,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.support import waiting
 
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -101,12 +102,9 @@ class PostgresCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"PostgreSQL did not come up on port {self.port}")
+        def accepts() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        waiting.wait_for(f"PostgreSQL on port {self.port}", accepts, timeout=timeout,
+                         every=0.1, ignore=(OSError,))
