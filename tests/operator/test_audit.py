@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 import pytest
 
-from creditsync import alerts, clock
+from creditsync import alerts
 from creditsync import audit as audits
 from creditsync_operator import audit, schedule, specs, state, status, sync
 from tests.operator import helpers
@@ -45,21 +45,6 @@ class Alerts:
 
     def send(self, alert: alerts.Alert) -> None:
         self.sent.append(alert)
-
-
-@pytest.fixture
-def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    with concurrent.futures.ThreadPoolExecutor(2) as executor:
-        yield executor
-
-
-@pytest.fixture
-def posted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
-    found: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(kopf, "event", lambda body, *, type, reason, message: found.append(
-        (type, reason, message)))
-    monkeypatch.setattr(clock, "utcnow", lambda: T0)
-    return found
 
 
 def shared_with(api: FakeStatusApi, pool: concurrent.futures.Executor,

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import kopf
 import pytest
 
-from creditsync import clock
 from creditsync_operator import schedule, specs, state, sync
 from tests.operator import helpers
 from tests.operator.helpers import EARLIER, FakeStatusApi, Stopped
@@ -27,22 +25,6 @@ def raw_sync(**spec: Any) -> dict[str, Any]:
             "metadata": {"namespace": "ns", "name": "cs", "uid": "u-1", "generation": 3,
                          "resourceVersion": "7"},
             "spec": {"interval": "1h", **spec}, "status": {}}
-
-
-@pytest.fixture
-def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    with concurrent.futures.ThreadPoolExecutor(2) as executor:
-        yield executor
-
-
-@pytest.fixture
-def posted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
-    """The Events handlers post (kopf's poster only runs inside the operator)."""
-    found: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(kopf, "event", lambda body, *, type, reason, message: found.append(
-        (type, reason, message)))
-    monkeypatch.setattr(clock, "utcnow", lambda: T0)
-    return found
 
 
 def shared_with(api: FakeStatusApi, pool: concurrent.futures.Executor) -> state.Shared:
