@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from creditsync import clock, config
+from creditsync import clock, config, inbox
 from creditsync.storage import database, models
 from creditsync_api import deps, devkeys, main, tokens, wix
 from tests.support import waiting
@@ -169,13 +169,18 @@ class Api:
         collection) can push the apply past it, and the answer is then `pending` while the
         apply goes on (in its worker thread, or the retry loop's). That is the route's
         contract, tested in test_operations with `post`; the tests that use `send` are
-        about the decision, so a `pending` answer is followed to its end here."""
+        about the decision, so a `pending` answer is followed to its end here. These apps run
+        no retry loop (the operator or `run` does, in production): an apply that never got
+        its thread within the budget is retried here, as the loop would."""
         response = self.post(self.webhook(event_type, instance_id, **kwargs))
         assert response.status_code == 200, response.text
         answer: dict[str, Any] = response.json()
         if answer["status"] == "pending":
-            waiting.wait_for(f"{event_type} {answer['eventId']} decided", lambda: (
-                self.event_status(instance_id, answer["eventId"]) != "pending"), timeout=15)
+            def decided() -> bool:
+                inbox.retry_due(self.engine, now=self.now())
+                return self.event_status(instance_id, answer["eventId"]) != "pending"
+
+            waiting.wait_for(f"{event_type} {answer['eventId']} decided", decided, timeout=15)
             answer["status"] = self.event_status(instance_id, answer["eventId"])
         return answer
 
