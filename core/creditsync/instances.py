@@ -114,7 +114,13 @@ def read_numbers(conn: Connection, instance_id: str) -> tuple[policy.Numbers, in
     row = conn.execute(query).first()
     if row is None:
         return None
-    return policy.Numbers(*row[:7]), int(row.version)
+    return numbers_of(row), int(row.version)
+
+
+def numbers_of(row: sa.Row[Any] | Any) -> policy.Numbers:
+    """The numbers of an instance row (one read with the instances table's column names)."""
+    return policy.Numbers(row.plan_id, row.credits_total, row.credits_used_month,
+                          row.bonus_credits, row.period_start, row.period_end, row.applied_rev)
 
 
 def credits(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -68,7 +67,7 @@ def consume(
             raise InsufficientCredits(instance_id, amount, left)
         from_plan = min(amount, plan_left)
         from_bonus = amount - from_plan
-        before = _numbers(row)
+        before = instances.numbers_of(row)
         after = before._replace(credits_used=row.credits_used_month + from_plan,
                                 bonus_credits=row.bonus_credits - from_bonus)
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
@@ -104,7 +103,7 @@ def adjust_bonus(
             raise errors.InvalidRequest(
                 f"instance {instance_id} has {row.bonus_credits} bonus credits; "
                 f"taking {-delta} would make them negative", code="invalid_adjustment")
-        before = _numbers(row)
+        before = instances.numbers_of(row)
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
             bonus_credits=after, version=_i.c.version + 1, updated_at=now))
         entry = conn.execute(_ledger.insert().values(**ledger.entry(
@@ -113,11 +112,6 @@ def adjust_bonus(
         ).one()
         return instances.HistoryEntry(
             **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
-
-
-def _numbers(row: sa.Row[Any]) -> policy.Numbers:
-    return policy.Numbers(row.plan_id, row.credits_total, row.credits_used_month,
-                          row.bonus_credits, row.period_start, row.period_end, row.applied_rev)
 
 
 def _locked(conn: Connection, instance_id: str) -> sa.Row[tuple[object, ...]]:
