@@ -104,7 +104,8 @@ class WebhookAck(ApiModel):
 
 _CREDITS: dict[str, Any] = {
     "instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "plan": "pro", "creditsTotal": 5000,
-    "bonusCredits": 0, "creditsUsed": 120, "creditsRemaining": 4880, "periodStart": _T0,
+    "bonusCredits": 0, "creditsUsed": 120, "creditsRemaining": 4830, "creditsHeld": 50,
+    "periodStart": _T0,
     "periodEnd": _T1, "inSync": True, "lastSyncedAt": _T0}
 
 
@@ -117,7 +118,9 @@ class Credits(ApiModel):
     credits_total: int
     bonus_credits: int
     credits_used: int
-    credits_remaining: int
+    credits_remaining: int = Field(description="What can still be spent: plan credits left "
+                                               "plus bonus, minus open holds.")
+    credits_held: int = Field(description="Credits held by open reservations.")
     period_start: dt.datetime
     period_end: dt.datetime
     in_sync: bool = Field(description="The credits equal what the subscription pays for now.")

@@ -90,3 +90,25 @@ class AuditAction(StrEnum):
     WOULD_HEAL = "would_heal"  # a dry run: it would be applied
     QUARANTINED = "quarantined"  # a package no plan names: nobody downgraded, alerted
     NONE = "none"  # nothing to do after all (e.g. a newer webhook already decided)
+
+
+class ReservationStatus(StrEnum):
+    """Where a reservation (credits held for a job) is: `held` until it is committed
+    (charged as usage), released, or expired (past its TTL, released by the loop)."""
+
+    HELD = "held"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Scope(StrEnum):
+    """What a service key may do (`Authorization: Bearer csk_…`)."""
+
+    CREDITS_READ = "credits:read"
+    CREDITS_CONSUME = "credits:consume"
+    CREDITS_GRANT = "credits:grant"
+
+
+# what an instance token (the dashboard's, for its own instance only) may do
+INSTANCE_TOKEN_SCOPES = frozenset({Scope.CREDITS_READ, Scope.CREDITS_CONSUME})

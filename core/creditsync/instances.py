@@ -34,6 +34,7 @@ class Credits:
     bonus_credits: int
     credits_used: int
     credits_remaining: int
+    credits_held: int
     period_start: dt.datetime
     period_end: dt.datetime
     in_sync: bool
@@ -60,8 +61,17 @@ class HistoryEntry:
     reason: str | None
 
 
-def remaining(credits_total: int, credits_used: int, bonus: int) -> int:
-    return max(credits_total - credits_used, 0) + bonus
+def remaining(credits_total: int, credits_used: int, bonus: int, held: int = 0) -> int:
+    """What can still be spent: plan credits left, plus bonus, minus what open holds keep.
+
+    Never below 0: a plan change can leave holds larger than what is left (they stay valid,
+    and their commit is charged anyway: `usage.draw`)."""
+    return max(plan_left(credits_total, credits_used) + bonus - held, 0)
+
+
+def plan_left(credits_total: int, credits_used: int) -> int:
+    """The period's plan credits not used yet."""
+    return max(credits_total - credits_used, 0)
 
 
 def provision(
@@ -147,8 +157,9 @@ def credits_in(
         instance_id=row.instance_id, plan=row.plan_id, credits_total=row.credits_total,
         bonus_credits=row.bonus_credits, credits_used=row.credits_used_month,
         credits_remaining=remaining(row.credits_total, row.credits_used_month,
-                                    row.bonus_credits),
-        period_start=row.period_start, period_end=row.period_end, in_sync=in_sync,
+                                    row.bonus_credits, row.credits_held),
+        credits_held=row.credits_held, period_start=row.period_start,
+        period_end=row.period_end, in_sync=in_sync,
         last_synced_at=max(synced) if synced else None,
     )
 

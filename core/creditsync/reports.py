@@ -141,7 +141,7 @@ def instance(
 
 def _with_report_columns(query: sa.Select[Any]) -> sa.Select[Any]:
     return query.add_columns(
-        _i.c.last_synced_at, _i.c.created_at, _i.c.updated_at,
+        _i.c.credits_held, _i.c.last_synced_at, _i.c.created_at, _i.c.updated_at,
         _s.c.status.label("subscription_status"), _s.c.expires_at)
 
 
@@ -157,7 +157,8 @@ def _reports(
             instance_id=row.instance_id, plan=row.plan_id, credits_total=row.credits_total,
             bonus_credits=row.bonus_credits, credits_used=row.credits_used_month,
             credits_remaining=instances.remaining(row.credits_total, row.credits_used_month,
-                                                  row.bonus_credits),
+                                                  row.bonus_credits, row.credits_held),
+            credits_held=row.credits_held,
             period_start=row.period_start, period_end=row.period_end, in_sync=found is None,
             drift_reason=found.reason if found else None, desired_plan=row.desired_plan,
             desired_credits_total=row.desired_credits,

@@ -1,14 +1,17 @@
-"""Usage: consume credits atomically and idempotently; plan credits first, then bonus."""
+"""Usage: consume credits atomically and idempotently; plan credits first, then bonus.
+
+`draw` is the one spending order, used by a consume and by a reservation's commit."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import convergence, enums, errors, instances, ledger, policy
+from creditsync import convergence, enums, errors, holds, instances, ledger, policy
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -31,6 +34,25 @@ class Consumption:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class Draw:
+    """How an amount is drawn: `from_plan` (the period's usage grows) and `from_bonus`."""
+
+    from_plan: int
+    from_bonus: int
+
+
+def draw(plan_left: int, bonus: int, amount: int) -> Draw:
+    """The one spending order: plan credits first, then bonus.
+
+    What exceeds both (only a commit can ask for that: its hold stays valid after a reset
+    or a plan change left less than it holds) is charged to the plan's usage, so the
+    period's usage may exceed its allocation; it is never taken from nothing silently."""
+    from_plan = min(amount, plan_left)
+    from_bonus = min(amount - from_plan, bonus)
+    return Draw(amount - from_bonus, from_bonus)
+
+
 def consume(
     engine: Engine, instance_id: str, amount: int, idempotency_key: str, *,
     now: dt.datetime, pol: policy.Policy | None = None,
@@ -38,7 +60,8 @@ def consume(
     """Charge `amount` credits once per `idempotency_key`.
 
     A key seen before answers its first result (`replayed`) when the amount is the same,
-    and raises `IdempotencyConflict` when it is not (as Stripe does).
+    and raises `IdempotencyConflict` when it is not (as Stripe does). Credits held by open
+    reservations are not spendable.
     """
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise errors.InvalidRequest(f"amount must be a positive integer, got {amount!r}",
@@ -48,7 +71,7 @@ def consume(
                                     code="invalid_consumption")
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
-        row = _locked(conn, instance_id)
+        row = locked(conn, instance_id)
         seen = conn.execute(sa.select(_keys).where(
             _keys.c.instance_id == instance_id, _keys.c.idempotency_key == idempotency_key
         )).first()
@@ -57,31 +80,70 @@ def consume(
                 raise errors.IdempotencyConflict(idempotency_key, seen.amount, amount)
             return Consumption(instance_id, seen.amount, seen.from_plan, seen.from_bonus,
                                seen.remaining_after, replayed=True)
-        if row.period_end <= now:  # the monthly reset is due: apply it before charging
-            convergence.converge_in(conn, [instance_id], trigger="usage", actor=enums.Actor.APP,
-                                    correlation_id=idempotency_key, now=now, pol=pol)
-            row = _locked(conn, instance_id)
-        plan_left = max(row.credits_total - row.credits_used_month, 0)
-        left = plan_left + row.bonus_credits
+        row = current(conn, row, now=now, pol=pol, correlation_id=idempotency_key)
+        row = spendable_at_least(conn, row, amount, now=now)
+        left = spendable(row)
         if amount > left:
             raise InsufficientCredits(instance_id, amount, left)
-        from_plan = min(amount, plan_left)
-        from_bonus = amount - from_plan
-        before = instances.numbers_of(row)
-        after = before._replace(credits_used=row.credits_used_month + from_plan,
-                                bonus_credits=row.bonus_credits - from_bonus)
-        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
-            credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
-            version=_i.c.version + 1, updated_at=now))
-        conn.execute(_ledger.insert().values(**ledger.entry(
-            instance_id, "usage", before, after, at=now, actor=enums.Actor.APP,
-            correlation_id=idempotency_key, reason=None)))
-        result = Consumption(instance_id, amount, from_plan, from_bonus, left - amount)
+        taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key)
+        result = Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
+                             left - amount)
         conn.execute(_keys.insert().values(
             instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
-            from_plan=from_plan, from_bonus=from_bonus, remaining_after=result.credits_remaining,
-            created_at=now))
+            from_plan=taken.from_plan, from_bonus=taken.from_bonus,
+            remaining_after=result.credits_remaining, created_at=now))
         return result
+
+
+def spendable(row: sa.Row[Any]) -> int:
+    """What the locked instance row can still spend (holds subtracted)."""
+    return instances.remaining(row.credits_total, row.credits_used_month, row.bonus_credits,
+                               row.credits_held)
+
+
+def current(
+    conn: Connection, row: sa.Row[Any], *, now: dt.datetime, pol: policy.Policy | None,
+    correlation_id: str,
+) -> sa.Row[Any]:
+    """The locked row with its monthly reset applied first when it is due."""
+    if row.period_end > now:
+        return row
+    convergence.converge_in(conn, [row.instance_id], trigger="usage", actor=enums.Actor.APP,
+                            correlation_id=correlation_id, now=now, pol=pol)
+    return locked(conn, row.instance_id)
+
+
+def spendable_at_least(
+    conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
+) -> sa.Row[Any]:
+    """When `amount` is more than is spendable and holds of this instance are past their
+    TTL but not yet swept by the loop, expire them now (so an expired hold never refuses a
+    spend), and answer the row re-read."""
+    if row.credits_held == 0 or amount <= spendable(row):
+        return row
+    if holds.expire_instance(conn, row.instance_id, now=now) == 0:
+        return row
+    return locked(conn, row.instance_id)
+
+
+def charge(
+    conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
+    correlation_id: str, released: int = 0,
+) -> Draw:
+    """Charge `amount` to the locked instance `row` (the `draw` order) with its one `usage`
+    ledger row; `released`: held credits freed in the same update (a commit)."""
+    taken = draw(instances.plan_left(row.credits_total, row.credits_used_month),
+                 row.bonus_credits, amount)
+    before = instances.numbers_of(row)
+    after = before._replace(credits_used=row.credits_used_month + taken.from_plan,
+                            bonus_credits=row.bonus_credits - taken.from_bonus)
+    conn.execute(_i.update().where(_i.c.instance_id == row.instance_id).values(
+        credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
+        credits_held=_i.c.credits_held - released, version=_i.c.version + 1, updated_at=now))
+    conn.execute(_ledger.insert().values(**ledger.entry(
+        row.instance_id, enums.LedgerKind.USAGE, before, after, at=now, actor=enums.Actor.APP,
+        correlation_id=correlation_id, reason=None)))
+    return taken
 
 
 def adjust_bonus(
@@ -97,7 +159,7 @@ def adjust_bonus(
                                     code="invalid_adjustment")
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
-        row = _locked(conn, instance_id)
+        row = locked(conn, instance_id)
         after = row.bonus_credits + delta
         if after < 0:
             raise errors.InvalidRequest(
@@ -114,7 +176,7 @@ def adjust_bonus(
             **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
 
 
-def _locked(conn: Connection, instance_id: str) -> sa.Row[tuple[object, ...]]:
+def locked(conn: Connection, instance_id: str) -> sa.Row[tuple[object, ...]]:
     """The instance row, locked against concurrent writers until commit."""
     query = sa.select(_i).where(_i.c.instance_id == instance_id)
     if not database.is_sqlite(conn):

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -145,6 +146,9 @@ class Instance(Base):
     plan_id: Mapped[str] = mapped_column(String(100))
     credits_total: Mapped[int] = mapped_column(BigInteger)
     bonus_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the sum of the instance's `held` reservations, kept in the same transaction as they
+    # change; not part of its numbers (a hold is no balance change and writes no ledger row)
+    credits_held: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     credits_used_month: Mapped[int] = mapped_column(BigInteger, default=0)
     period_start: Mapped[dt.datetime]
     period_end: Mapped[dt.datetime]
@@ -257,6 +261,44 @@ class UsageRequest(Base):
     created_at: Mapped[dt.datetime]
 
 
+class ServiceKey(Base):
+    """A key an app's backend sends as `Authorization: Bearer csk_<id>_<secret>`; only the
+    SHA-256 of the secret is stored."""
+
+    __tablename__ = "service_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class Reservation(Base):
+    """Credits held for a job until it is committed (charged), released or expired."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # rsv_<random>
+    instance_id: Mapped[str] = mapped_column(String(100))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    committed_amount: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # enums.ReservationStatus
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    settled_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("instance_id", "idempotency_key",
+                         name="uq_reservations_instance_id_idempotency_key"),
+        # the loop finds the expired holds through this, without a scan
+        Index("ix_reservations_status_expires_at", "status", "expires_at"),
+    )
+
+
 def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -278,3 +320,5 @@ LEDGER = _table(LedgerEntry)
 WEBHOOK_EVENTS = _table(WebhookEvent)
 SYNC_RUNS = _table(SyncRun)
 USAGE_REQUESTS = _table(UsageRequest)
+SERVICE_KEYS = _table(ServiceKey)
+RESERVATIONS = _table(Reservation)
