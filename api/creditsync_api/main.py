@@ -24,9 +24,11 @@ from creditsync_api.routes import (
     credits,
     docs,
     health,
+    instances,
     pages,
     plans,
     provision,
+    reservations,
     vocabulary,
     webhooks,
 )
@@ -34,8 +36,9 @@ from creditsync_api.routes import (
 POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
 ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
-ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
-           health.router, plans.router, vocabulary.router, pages.router, docs.router)
+ROUTERS = (webhooks.router, provision.router, billing.router, credits.router,
+           instances.router, reservations.router, admin.router, health.router, plans.router,
+           vocabulary.router, pages.router, docs.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.
@@ -44,6 +47,9 @@ Keeps every app instance's credits equal to what its subscription plan pays for.
   before it is acknowledged, then applied and the instance converged.
 * **Instance endpoints** take the marketplace's instance token (`Authorization: Bearer` or
   `?instance=`); an instance only ever sees or changes itself.
+* **App-backend endpoints** (`/api/instances/{instanceId}/…`, `/api/reservations/…`) take a
+  service key (`Authorization: Bearer csk_…`, from `creditsync keys create`) with the
+  route's scope, or the instance's own token.
 * **Admin endpoints** take `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`.
 
 Every error has the shape `{"error": "<code>", "message": "<what is wrong and what to do>"}`.
@@ -54,6 +60,8 @@ TAGS = [
     {"name": "instances", "description": "The install flow."},
     {"name": "billing", "description": "The calling instance's credits."},
     {"name": "credits", "description": "Spending credits."},
+    {"name": "app backend", "description": "The app's own backend: credits by instance id, "
+                                           "consume, reservations (service keys)."},
     {"name": "admin", "description": "Operators: instances, inbox, bulk sync, stats."},
     {"name": "operations", "description": "Health, readiness and metrics."},
 ]

@@ -49,6 +49,13 @@ class Metrics:
         self.consume = Counter(
             "creditsync_consume", "Credit consumption requests, by outcome.", ["outcome"],
             registry=r)
+        self.reservations = Counter(
+            "creditsync_reservations", "Reservation requests, by action (reserve, commit, "
+            "release) and outcome (held, committed, released, replayed, or the error code).",
+            ["action", "outcome"], registry=r)
+        self.key_failures = Counter(
+            "creditsync_service_key_failures", "Service keys refused with 401, by reason.",
+            ["reason"], registry=r)
         self.token_failures = Counter(
             "creditsync_instance_token_failures", "Instance tokens refused, by reason.",
             ["reason"], registry=r)

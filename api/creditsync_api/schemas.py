@@ -18,10 +18,12 @@ from creditsync import (
     convergence,
     enums,
     instances,
+    keys,
     manual,
     policy,
     policy_store,
     reports,
+    reservations,
     usage,
 )
 
@@ -341,6 +343,59 @@ class Consumption(ApiModel):
         return cls(**vars(result))
 
 
+_RESERVATION = {"reservationId": "rsv_Xq3vJ0c2pW8bN5mK1tR7yZ4a", "instanceId":
+                "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "amount": 50, "status": "held",
+                "committedAmount": None, "createdAt": _T0, "expiresAt": "2026-01-10T12:15:00Z",
+                "settledAt": None, "replayed": False}
+
+
+class ReserveRequest(ApiModel):
+    """Hold credits for a job: nobody else can spend them until it commits or releases, or
+    `ttl` passes."""
+
+    model_config = _config({"amount": 50, "idempotencyKey": "render-7f3a", "ttl": 900},
+                           forbid=True)
+    amount: int = Field(gt=0, le=1_000_000_000, strict=True,
+                        description="Credits to hold (a JSON integer).")
+    idempotency_key: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description=(
+        "Unique per job: a retry with the same key answers the first hold."))
+    ttl: int = Field(default=900, ge=1, le=86_400, strict=True, description=(
+        "Seconds until the hold expires by itself (its credits are freed)."))
+
+
+class CommitRequest(ApiModel):
+    """Charge what the job really used (at most what is held; omit `amount` for all)."""
+
+    model_config = _config({"amount": 42}, {}, forbid=True)
+    amount: int | None = Field(default=None, ge=0, le=1_000_000_000, strict=True,
+                               description="Credits to charge; the rest is freed.")
+
+
+class Reservation(ApiModel):
+    """A hold: `held`, then `committed` (charged `committedAmount`), `released`, or
+    `expired` (past its TTL: freed by the loop)."""
+
+    model_config = _example(**_RESERVATION)
+    reservation_id: str
+    instance_id: str
+    amount: int
+    status: enums.ReservationStatus
+    committed_amount: int | None
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    settled_at: dt.datetime | None
+    replayed: bool = Field(description="This answer repeats an earlier one (the same "
+                                       "idempotency key, or a second commit or release).")
+
+    @classmethod
+    def from_core(cls, found: reservations.Reservation) -> Self:
+        return cls(reservation_id=found.id, instance_id=found.instance_id,
+                   amount=found.amount, status=found.status,
+                   committed_amount=found.committed_amount, created_at=found.created_at,
+                   expires_at=found.expires_at, settled_at=found.settled_at,
+                   replayed=found.replayed)
+
+
 # -- admin ------------------------------------------------------------------------------
 
 _ADMIN_INSTANCE = {
@@ -625,3 +680,60 @@ class Policy(ApiModel):
             expiry_grace_period=config.format_duration(found.policy.expiry_grace_period),
             expiry_grace_period_seconds=int(found.policy.expiry_grace_period.total_seconds()),
             source=found.source, updated_at=found.updated_at)
+
+
+# -- service keys -----------------------------------------------------------------------
+
+_KEY = {"id": "4f2a9c1e0b7d3a65", "name": "render-worker",
+        "scopes": ["credits:read", "credits:consume"], "createdAt": _T0,
+        "lastUsedAt": None, "revokedAt": None}
+
+
+class CreateKeyRequest(ApiModel):
+    """A service key for an app's backend; the key is answered once."""
+
+    model_config = _config({"name": "render-worker",
+                            "scopes": ["credits:read", "credits:consume"]}, forbid=True)
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+                      description="Who uses it (shown in `keys list`).")
+    scopes: list[enums.Scope] = Field(min_length=1, max_length=3)
+
+
+class CreatedKey(ApiModel):
+    """The new key: `key` is shown this once (only a hash is stored)."""
+
+    model_config = _example(id=_KEY["id"], key="csk_4f2a9c1e0b7d3a65_<secret>",
+                            name=_KEY["name"], scopes=_KEY["scopes"])
+    id: str
+    key: str
+    name: str
+    scopes: list[enums.Scope]
+
+    @classmethod
+    def from_core(cls, created: keys.Created) -> Self:
+        return cls(id=created.id, key=created.key, name=created.name,
+                   scopes=list(created.scopes))
+
+
+class ServiceKey(ApiModel):
+    """A service key (never its secret)."""
+
+    model_config = _example(**_KEY)
+    id: str
+    name: str
+    scopes: list[enums.Scope]
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None = Field(description="Recorded at most once a minute.")
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def from_core(cls, found: keys.ServiceKey) -> Self:
+        return cls(id=found.id, name=found.name,
+                   scopes=[s for s in enums.Scope if s in found.scopes],
+                   created_at=found.created_at, last_used_at=found.last_used_at,
+                   revoked_at=found.revoked_at)
+
+
+class ServiceKeyList(ApiModel):
+    model_config = _example(items=[_KEY])
+    items: list[ServiceKey]

@@ -12,7 +12,17 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from creditsync import audit, convergence, enums, inbox, instances, policy_store, reports, usage
+from creditsync import (
+    audit,
+    convergence,
+    enums,
+    inbox,
+    instances,
+    keys,
+    policy_store,
+    reports,
+    usage,
+)
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, NowDep, StateDep, require_admin
 
@@ -201,3 +211,32 @@ def run_audit(
                        instance_ids=None if body.all else body.instance_ids)
     state.metrics.observe_audit(report)
     return schemas.AuditResult.from_core(report)
+
+
+@router.get("/keys", summary="List service keys", response_model=schemas.ServiceKeyList,
+            responses=errors.responses(401, 503))
+def list_keys(engine: EngineDep) -> schemas.ServiceKeyList:
+    """Every service key, newest first, revoked ones too (never a secret)."""
+    return schemas.ServiceKeyList(
+        items=[schemas.ServiceKey.from_core(found) for found in keys.list_keys(engine)])
+
+
+@router.post("/keys", summary="Create a service key", response_model=schemas.CreatedKey,
+             status_code=201, responses=errors.responses(400, 401, 503))
+def create_key(
+    body: schemas.CreateKeyRequest, engine: EngineDep, now: NowDep,
+) -> schemas.CreatedKey:
+    """A key for an app's backend (`Authorization: Bearer csk_…`) with these scopes; `key`
+    is answered this once (only a hash is stored)."""
+    return schemas.CreatedKey.from_core(keys.create(engine, body.name, body.scopes, now=now))
+
+
+@router.post("/keys/{key_id}/revoke", summary="Revoke a service key",
+             response_model=schemas.ServiceKey, responses=errors.responses(401, 404, 503))
+def revoke_key(
+    key_id: Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")],
+    engine: EngineDep, now: NowDep,
+) -> schemas.ServiceKey:
+    """Refused from the next request on, by every replica (keys are looked up on every
+    request). Revoking again changes nothing."""
+    return schemas.ServiceKey.from_core(keys.revoke(engine, key_id, now=now))

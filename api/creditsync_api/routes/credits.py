@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from fastapi import APIRouter
+from sqlalchemy.engine import Engine
 
 from creditsync import errors as core_errors
 from creditsync import usage
-from creditsync_api import errors, schemas
+from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, InstanceDep, NowDep, StateDep
 
 router = APIRouter(prefix="/api/credits", tags=["credits"])
@@ -27,8 +30,17 @@ def consume(
     once and answered as the first time (`replayed: true`); the same key with another
     `amount` is 409 `idempotency_key_reused` (naming the first amount). 402 with
     `creditsRemaining` when short."""
+    return charge(state, engine, caller.instance_id, body, now)
+
+
+def charge(
+    state: deps.State, engine: Engine, instance_id: str, body: schemas.ConsumeRequest,
+    now: dt.datetime,
+) -> schemas.Consumption:
+    """A consume for `instance_id`, counted by outcome (this route's and the app
+    backend's)."""
     try:
-        result = usage.consume(engine, caller.instance_id, body.amount, body.idempotency_key,
+        result = usage.consume(engine, instance_id, body.amount, body.idempotency_key,
                                now=now)
     except core_errors.CreditsyncError as exc:  # answered by the one error mapping
         state.metrics.consume.labels(_OUTCOMES.get(exc.code, "error")).inc()

@@ -20,6 +20,7 @@ from creditsync.cli import (
     audit_cmd,
     dev,
     drift,
+    keys_cmd,
     operator_cmd,
     plans_cmd,
     policy_cmd,
@@ -170,6 +171,7 @@ def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
 cli.add_command(audit_cmd.command)
 cli.add_command(drift.check)
 cli.add_command(drift.sync)
+cli.add_command(keys_cmd.group)
 cli.add_command(plans_cmd.group)
 cli.add_command(policy_cmd.group)
 cli.add_command(webhooks.group)

@@ -1,0 +1,88 @@
+"""`/api/instances/{instanceId}/*`: the app backend's credit routes, keyed by instance id.
+
+For a service key with the route's scope (app-wide), or the instance's own token; another
+instance's token is 403, an instance never provisioned 404.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from creditsync import errors as core_errors
+from creditsync import instances, reservations
+from creditsync_api import deps, errors, schemas
+from creditsync_api.deps import (
+    EngineDep,
+    InstanceIdPath,
+    NowDep,
+    ReaderDep,
+    SpenderDep,
+    StateDep,
+)
+from creditsync_api.routes import credits
+
+router = APIRouter(prefix="/api/instances", tags=["app backend"])
+
+
+@router.get("/{instance_id}/credits", summary="An instance's credits",
+            response_model=schemas.Credits, responses=errors.responses(401, 403, 404, 503))
+def get_credits(
+    instance_id: InstanceIdPath, _caller: ReaderDep, engine: EngineDep, now: NowDep,
+) -> schemas.Credits:
+    """Scope `credits:read`. `creditsRemaining` is what can still be spent (holds
+    subtracted); reads never converge."""
+    return schemas.Credits.from_core(instances.credits(engine, instance_id, now=now))
+
+
+@router.post("/{instance_id}/consume", summary="Consume an instance's credits",
+             response_model=schemas.Consumption,
+             responses=errors.responses(400, 401, 402, 403, 404, 409, 503,
+                                        s402=schemas.InsufficientCreditsBody))
+def consume(
+    instance_id: InstanceIdPath, body: schemas.ConsumeRequest, _caller: SpenderDep,
+    state: StateDep, engine: EngineDep, now: NowDep,
+) -> schemas.Consumption:
+    """Scope `credits:consume`; as `POST /api/credits/consume`: charged once per
+    `idempotencyKey` (a retry answers the first result, `replayed: true`), 409 when the key
+    comes back with another `amount`, 402 with `creditsRemaining` when short."""
+    return credits.charge(state, engine, instance_id, body, now)
+
+
+@router.get("/{instance_id}/history", summary="An instance's credit history",
+            response_model=schemas.HistoryPage,
+            responses=errors.responses(401, 403, 404, 503))
+def history(
+    instance_id: InstanceIdPath, _caller: ReaderDep, engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="Entries per page.")] = 50,
+    before: deps.Before = None,
+) -> schemas.HistoryPage:
+    """Scope `credits:read`. Ledger rows, newest first."""
+    entries = instances.history(engine, instance_id, limit=limit, before_id=before,
+                                require=True)
+    return schemas.HistoryPage.from_core(entries, limit)
+
+
+@router.post("/{instance_id}/reservations", summary="Hold credits for a job",
+             response_model=schemas.Reservation,
+             responses=errors.responses(400, 401, 402, 403, 404, 409, 503,
+                                        s402=schemas.InsufficientCreditsBody))
+def reserve(
+    instance_id: InstanceIdPath, body: schemas.ReserveRequest, _caller: SpenderDep,
+    state: StateDep, engine: EngineDep, now: NowDep,
+) -> schemas.Reservation:
+    """Scope `credits:consume`. Holds `amount` atomically (402 when short): nobody can
+    spend them until `POST /api/reservations/{id}/commit` or `/release`, or `ttl` seconds
+    pass. The same `idempotencyKey` answers the first hold (`replayed`); with another
+    amount, 409."""
+    try:
+        found = reservations.reserve(engine, instance_id, body.amount, body.idempotency_key,
+                                     ttl=dt.timedelta(seconds=body.ttl), now=now)
+    except core_errors.CreditsyncError as exc:
+        state.metrics.reservations.labels("reserve", exc.code).inc()
+        raise
+    state.metrics.reservations.labels("reserve", "replayed" if found.replayed
+                                      else "held").inc()
+    return schemas.Reservation.from_core(found)
