@@ -2,8 +2,9 @@
 
 Once at start-up, then every `interval`: retry due inbox events and converge every
 instance with the stored policy (`policy_store`), under the convergence lock so two runners
-(operator or standalone) never converge at once. Inbox retries run more often (every
-`retry_every`) so a failed webhook is not left waiting. An `alerter` gets the drift,
+(operator or standalone) never converge at once. Inbox retries and the expiry of
+reservations past their TTL run more often (every `retry_every`, `frequent`) so a failed
+webhook is not left waiting and an abandoned hold frees its credits soon. An `alerter` gets the drift,
 webhook and degraded alerts of `creditsync.alerts`.
 """
 
@@ -17,7 +18,18 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, audit, clock, convergence, enums, inbox, locks, marketplace, policy
+from creditsync import (
+    alerts,
+    audit,
+    clock,
+    convergence,
+    enums,
+    inbox,
+    locks,
+    marketplace,
+    policy,
+    reservations,
+)
 
 log = logging.getLogger("creditsync.runner")
 
@@ -33,6 +45,21 @@ def retry_inbox(engine: Engine) -> dict[str, int]:
     if outcomes:
         log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
     return outcomes
+
+
+def expire_holds(engine: Engine) -> int:
+    """Expire the reservations past their TTL (their credits are freed); how many."""
+    expired = reservations.expire_due(engine, now=clock.utcnow())
+    if expired:
+        log.info("expired %s reservations past their TTL", expired,
+                 extra={"expired": expired})
+    return expired
+
+
+def frequent(engine: Engine) -> None:
+    """The loop's frequent step (every few seconds): inbox retries, expired holds."""
+    retry_inbox(engine)
+    expire_holds(engine)
 
 
 def guarded_run(
@@ -111,6 +138,9 @@ class Runner:
     def retry_inbox(self) -> dict[str, int]:
         return retry_inbox(self.engine)
 
+    def frequent(self) -> None:
+        frequent(self.engine)
+
     def _guarded(self, action: Callable[[], object], what: str) -> None:
         try:
             action()
@@ -129,7 +159,7 @@ class Runner:
                 self._guarded(lambda: self.converge("timer"), "timer convergence")
                 next_run = clock.utcnow() + self.interval
             else:
-                self._guarded(self.retry_inbox, "inbox retry")
+                self._guarded(self.frequent, "inbox retry and hold expiry")
 
     def audit_due(self) -> audit.Report | None:
         """One batch of the periodic audit: instances not checked for `audit_interval`."""

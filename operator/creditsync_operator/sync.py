@@ -53,7 +53,7 @@ from creditsync_operator.conditions import Condition
 log = logging.getLogger("creditsync.operator.sync")
 
 POLL = 0.5  # how often the loop looks at its spec and the catalog change counter
-INBOX_EVERY = 5.0  # due inbox retries between runs
+INBOX_EVERY = 5.0  # due inbox retries and expired holds between runs
 WRITE_ATTEMPTS = 5  # a status write computed from a body that changed meanwhile is redone
 WRITE_RETRY = 0.2  # by then kopf's watch has brought the newer body
 CANCELLATION_TIMEOUT = 5.0  # a run still busy after `stopped` (and kopf's wait) is cancelled
@@ -99,9 +99,10 @@ def parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
         return exc
 
 
-async def _retry_inbox(shared: state.Shared) -> None:
+async def _frequent(shared: state.Shared) -> None:
+    """Between runs: due inbox retries and the expiry of holds past their TTL."""
     try:
-        await state.blocking(shared.executor, runner.retry_inbox, shared.engine)
+        await state.blocking(shared.executor, runner.frequent, shared.engine)
     except Exception as exc:  # the next run reports the database's state
         log.debug("inbox retry failed: %s", status.describe_error(exc))
 
@@ -257,6 +258,6 @@ async def converge(
             inbox_due = time.monotonic() + INBOX_EVERY
         elif (isinstance(parsed, specs.SyncSpec) and not parsed.suspend and not parsed.dry_run
                 and loop.retry_trigger is None and now >= inbox_due):
-            await _retry_inbox(shared)
+            await _frequent(shared)
             inbox_due = time.monotonic() + INBOX_EVERY
         await stopped.wait(POLL)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import convergence, enums, errors, instances, policy, reservations, usage
+from creditsync import (
+    clock,
+    convergence,
+    enums,
+    errors,
+    instances,
+    policy,
+    reservations,
+    runner,
+    usage,
+)
 from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, RESET, accept, instance
+from tests.support import waiting
 from tests.support.holds import assert_holds_match
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
@@ -227,3 +239,21 @@ def test_concurrent_holds_and_consumes_never_overspend(engine: Engine) -> None:
         usage_rows = conn.execute(sa.select(sa.func.count()).select_from(models.LEDGER).where(
             models.LEDGER.c.kind == enums.LedgerKind.USAGE)).scalar_one()
     assert usage_rows == results.count("consumed") + results.count("committed")
+
+
+def test_the_standalone_loop_expires_holds_between_runs(engine: Engine) -> None:
+    now = clock.utcnow()
+    instances.provision(engine, "u", now=now - HOUR)
+    held = reservations.reserve(engine, "u", 10, "k", ttl=MINUTE, now=now - HOUR)
+    kept = reservations.reserve(engine, "u", 5, "j", ttl=DAY, now=now - HOUR)
+    loop = runner.Runner(engine, interval=HOUR, retry_every=dt.timedelta(milliseconds=50))
+    thread = loop.start()
+    try:
+        waiting.wait_for("the loop to expire the hold",
+                         lambda: reservations.get(engine, held.id).status == "expired",
+                         timeout=20)
+    finally:
+        loop.stopping.set()
+        thread.join(10)
+    assert reservations.get(engine, kept.id).status == "held"
+    assert instance(engine, "u").credits_held == 5
