@@ -4,8 +4,8 @@ Once at start-up, then every `interval`: retry due inbox events and converge eve
 instance with the stored policy (`policy_store`), under the convergence lock so two runners
 (operator or standalone) never converge at once. Inbox retries and the expiry of
 reservations past their TTL run more often (every `retry_every`, `frequent`) so a failed
-webhook is not left waiting and an abandoned hold frees its credits soon. An `alerter` gets the drift,
-webhook and degraded alerts of `creditsync.alerts`.
+webhook is not left waiting and an abandoned hold frees its credits soon. An `alerter` gets
+the drift, webhook and degraded alerts of `creditsync.alerts`.
 """
 
 from __future__ import annotations
