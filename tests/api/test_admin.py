@@ -86,7 +86,8 @@ def test_list_instances_filters_and_pages_with_a_cursor(api: Api) -> None:
     assert {k: v for k, v in drifted.items() if k not in ("lastSyncedAt", "createdAt",
                                                          "updatedAt")} == {
         "instanceId": api.instance("c"), "plan": "free", "creditsTotal": 100, "bonusCredits": 0,
-        "creditsUsed": 0, "creditsRemaining": 100, "periodStart": iso(at),
+        "creditsUsed": 0, "creditsRemaining": 100, "creditsHeld": 0,
+        "periodStart": iso(at),
         "periodEnd": drifted["periodEnd"], "inSync": False, "driftReason": "drift_repair",
         "desiredPlan": "pro", "desiredCreditsTotal": 5000, "subscriptionStatus": "active",
         "expiresAt": None}

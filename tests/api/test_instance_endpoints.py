@@ -128,7 +128,8 @@ def test_provision_creates_on_the_default_plan_and_is_idempotent(local_api: Api)
     second = provision(api, inst)
 
     expected = {"instanceId": inst, "plan": "free", "creditsTotal": 100, "bonusCredits": 0,
-                "creditsUsed": 0, "creditsRemaining": 100, "periodStart": iso(now),
+                "creditsUsed": 0, "creditsRemaining": 100, "creditsHeld": 0,
+                "periodStart": iso(now),
                 "periodEnd": iso(now.replace(month=6)), "inSync": True}
     assert first == {**expected, "lastSyncedAt": iso(now)}
     assert second == {**expected, "lastSyncedAt": iso(now + dt.timedelta(minutes=1))}

@@ -21,6 +21,9 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
 
+from creditsync import enums
+from creditsync import keys as creditsync_keys
+from creditsync.storage import database
 from creditsync_api import deps, devkeys, main, tokens, wix
 from tests.api.conftest import settings_for
 from tests.support.database import fresh_database
@@ -42,6 +45,13 @@ def api_schema(request: pytest.FixtureRequest, keys: devkeys.DevKeys,
         app.dependency_overrides[deps.get_now] = lambda: NOW
         schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
         _seed(schema, keys)
+        engine = database.create(url)
+        try:
+            service_key = creditsync_keys.create(engine, "schemathesis", list(enums.Scope),
+                                                 now=NOW).key
+        finally:
+            engine.dispose()
+        schema.service_key = service_key
         yield schema
 
 
@@ -65,13 +75,14 @@ def test_no_server_errors_and_responses_match_the_schema(
 ) -> None:
     admin = {"Authorization": f"Bearer {keys.admin_token}"}
     instance = {"Authorization": f"Bearer {tokens.sign(keys.app_secret, INSTANCE, now=NOW)}"}
+    service = {"Authorization": f"Bearer {api_schema.service_key}"}
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) >= 17
+    assert len(operations) >= 25
 
     nothing_to_invalidate = []
     for operation in operations:
         try:
-            _fuzz(operation, mode, admin if operation.path.startswith("/api/admin") else instance)
+            _fuzz(operation, mode, _credentials(operation.path, admin, service, instance))
         except Unsatisfiable:
             nothing_to_invalidate.append(operation.label)
 
@@ -83,6 +94,17 @@ def test_no_server_errors_and_responses_match_the_schema(
     assert {"GET /healthz", "GET /readyz", "GET /metrics"} <= set(bare)
     assert sorted(nothing_to_invalidate) == ([] if mode is GenerationMode.POSITIVE
                                              else sorted(bare))
+
+
+def _credentials(path: str, admin: dict[str, str], service: dict[str, str],
+                 instance: dict[str, str]) -> dict[str, str]:
+    """The admin token on admin routes, a service key with every scope on the app
+    backend's, the instance token elsewhere."""
+    if path.startswith("/api/admin"):
+        return admin
+    if path.startswith(("/api/instances", "/api/reservations")):
+        return service
+    return instance
 
 
 # With invalid data, every other check still runs (no 5xx, documented status codes, answers

@@ -28,7 +28,8 @@ def credits_view(instance_id: str, plan: str, total: int, *, start: dt.datetime,
                  used: int = 0, bonus: int = 0, in_sync: bool = True) -> dict[str, Any]:
     return {"instanceId": instance_id, "plan": plan, "creditsTotal": total,
             "bonusCredits": bonus, "creditsUsed": used,
-            "creditsRemaining": max(total - used, 0) + bonus, "periodStart": iso(start),
+            "creditsRemaining": max(total - used, 0) + bonus, "creditsHeld": 0,
+            "periodStart": iso(start),
             "periodEnd": iso(policy.add_months(start, 1)), "inSync": in_sync}
 
 
