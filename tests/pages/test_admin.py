@@ -13,7 +13,7 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Page, expect
 
-from creditsync import convergence, plans, policy, seed, usage
+from creditsync import convergence, plans, policy, reservations, seed, usage
 from creditsync.storage import models
 from tests.api.conftest import CLI, Api, ms
 from tests.pages.checks import assert_accessible, shoot, spoken
@@ -323,3 +323,17 @@ def test_the_charts_render_the_stats(page: Page, site: Site, fleet: Fleet) -> No
     assert_accessible(page)
     show.click()
     shoot(page, "admin")
+
+
+def test_an_instances_holds_are_shown(page: Page, site: Site, fleet: Fleet) -> None:
+    api = site.api
+    instance = api.instance("holds")
+    api.install(instance)
+    reservations.reserve(api.engine, instance, 30, "render-1", now=api.now())
+    sign_in(page, site)
+    page.get_by_label("Instance id contains").fill(instance)
+    page.get_by_role("button", name="Search").click()
+    row = page.locator(f"tr[data-instance='{instance}']")
+    expect(row.locator("td").nth(3)).to_have_text("70 left of 10030 held")
+    page.get_by_role("button", name=instance).click()
+    expect(page.locator("#detail-held")).to_have_text("30")

@@ -8,6 +8,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
+from creditsync import reservations
 from creditsync.storage import models
 from tests.api.conftest import Api, ms
 from tests.pages.checks import assert_accessible, shoot, spoken
@@ -282,3 +283,14 @@ def test_the_console_guard_is_not_vacuous(browser: Browser, site: Site) -> None:
         "(Unauthorized) (/api/billing/history)",
         "console error: boom ()",  # evaluated code has no URL
         "uncaught exception: bang"]
+
+
+def test_credits_held_by_running_jobs_are_shown(page: Page, site: Site) -> None:
+    api = site.api
+    instance = on_pro(api, "held")
+    reservations.reserve(api.engine, instance, 300, "render-1", now=api.now())
+    open_billing(page, site, instance)
+    assert card(page)["remaining"] == "4,700"
+    expect(page.locator("#held")).to_have_text("300")
+    expect(page.locator("#usage-caption")).to_have_text(
+        "0 of 5,000 plan credits used (0%) · 300 held for running jobs")

@@ -308,6 +308,8 @@ function renderInstances() {
       cell("Credits", `${fmtInt(item.creditsRemaining)} left of ${fmtInt(item.creditsTotal)}`,
         item.bonusCredits ? h("span", { class: "change small muted" },
           `incl. ${fmtInt(item.bonusCredits)} bonus`) : null,
+        item.creditsHeld ? h("span", { class: "change small muted" },
+          `${fmtInt(item.creditsHeld)} held`) : null,
         item.creditsTotal !== item.desiredCreditsTotal && item.desiredCreditsTotal !== null
           ? h("span", { class: "change small" }, `plan pays ${fmtInt(item.desiredCreditsTotal)}`)
           : null),
@@ -388,6 +390,8 @@ function renderFacts(item) {
       fact("Credits a month", fmtInt(item.creditsTotal)),
       fact("Used this period", fmtInt(item.creditsUsed)),
       fact("Bonus credits", h("span", { id: "detail-bonus" }, fmtInt(item.bonusCredits))),
+      fact("Held by open reservations", h("span", { id: "detail-held" },
+        fmtInt(item.creditsHeld))),
       fact("Credits left", fmtInt(item.creditsRemaining)),
       fact("Period", `${fmtDate(item.periodStart)} – ${fmtDate(item.periodEnd)}`),
       fact("Subscription", subscription),

@@ -43,13 +43,17 @@ function render(credits) {
   $(".meter-fill", bar).style.width = `${percent}%`;
   const bonus = credits.bonusCredits
     ? ` · plus ${fmtInt(credits.bonusCredits)} bonus credits, used after the plan's` : "";
+  // held credits are reserved by jobs still running: not spendable until they finish
+  const held = credits.creditsHeld
+    ? ` · ${fmtInt(credits.creditsHeld)} held for running jobs` : "";
   $("#usage-caption").textContent =
-    `${fmtInt(used)} of ${fmtInt(total)} plan credits used (${percent}%)${bonus}`;
+    `${fmtInt(used)} of ${fmtInt(total)} plan credits used (${percent}%)${bonus}${held}`;
 
   $("#plan").textContent = plan;
   $("#total").textContent = fmtInt(total);
   $("#used").textContent = fmtInt(used);
   $("#bonus").textContent = fmtInt(credits.bonusCredits);
+  $("#held").textContent = fmtInt(credits.creditsHeld);
   fill($("#period"), timeEl(credits.periodStart, fmtDate(credits.periodStart)), " – ",
     timeEl(credits.periodEnd, fmtDate(credits.periodEnd)));
   fill($("#reset"), timeEl(credits.periodEnd, fmtDate(credits.periodEnd)), " ",
