@@ -4,12 +4,20 @@ reservations, through TestClient and a real uvicorn server on SQLite and Postgre
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+import uuid
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.api.conftest import Api
+from creditsync import clock, instances
+from creditsync import keys as creditsync_keys
+from creditsync.storage import database
+from tests.api.conftest import Api, Server
+from tests.support.holds import assert_holds_match
+from tests.support.ledger import assert_ledger_replays
 
 READ = ["credits:read"]
 SPEND = ["credits:read", "credits:consume"]
@@ -237,3 +245,55 @@ def test_an_expired_hold_frees_its_credits(api: Api) -> None:
     late = api.http.post(f"/api/reservations/{rid}/commit", headers=key)
     assert (late.status_code, late.json()["error"]) == (409, "reservation_expired")
     assert api.credits(inst)["creditsHeld"] == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_holds_and_consumes_over_http_never_overspend(
+        servers: dict[str, tuple[Server, str]], backend: str) -> None:
+    """Real threads, each with its own connection to a real server, race for 100 credits."""
+    server, url = servers[backend]
+    engine = database.create(url)
+    try:
+        inst = f"race-{uuid.uuid4().hex[:10]}"
+        instances.provision(engine, inst, now=clock.utcnow())
+        key = bearer(creditsync_keys.create(engine, "race", SPEND, now=clock.utcnow()).key)
+        outcomes: list[tuple[str, int]] = []
+        lock = threading.Lock()
+
+        def worker(n: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=30, headers=key) as http:
+                for step in range(6):
+                    tag = f"w{n}-{step}"
+                    if (n + step) % 2:
+                        answer = http.post(f"/api/instances/{inst}/consume",
+                                           json={"amount": 9, "idempotencyKey": tag})
+                        outcome = ("consumed", 9) if answer.status_code == 200 else ("", 0)
+                    else:
+                        answer = http.post(f"/api/instances/{inst}/reservations",
+                                           json={"amount": 8, "idempotencyKey": tag})
+                        outcome = ("", 0)
+                        if answer.status_code == 200:
+                            rid = answer.json()["reservationId"]
+                            done = http.post(f"/api/reservations/{rid}/commit",
+                                             json={"amount": 6})
+                            assert done.status_code == 200, done.text
+                            outcome = ("committed", 6)
+                    assert answer.status_code in (200, 402), answer.text
+                    with lock:
+                        outcomes.append(outcome)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        spent = sum(amount for _, amount in outcomes)
+        found = instances.credits(engine, inst, now=clock.utcnow())
+        assert (found.credits_used, found.credits_held) == (spent, 0)
+        assert spent <= 100
+        assert len(outcomes) == 36
+        assert ("", 0) in outcomes  # some were refused: the balance was contended
+        assert_holds_match(engine)
+        assert_ledger_replays(engine)
+    finally:
+        engine.dispose()
