@@ -93,7 +93,7 @@ def test_bad_unknown_and_revoked_keys_are_401(api: Api) -> None:
     url = f"/api/instances/{inst}/credits"
     assert api.http.get(url, headers=bearer(key)).status_code == 200
     wrong_secret = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    unknown = f"csk_{'0' * 16}_{key.rsplit('_', 1)[1]}"
+    unknown = f"csk_{'0' * 16}_{key.split('_', 2)[2]}"
     for raw, code in ((wrong_secret, "bad_service_key"), (unknown, "bad_service_key"),
                       ("csk_short", "bad_service_key")):
         refused = api.http.get(url, headers=bearer(raw))
