@@ -130,9 +130,7 @@ def authenticate(engine: Engine, raw: str, *, now: dt.datetime) -> ServiceKey:
         raise BadKey("malformed service key: send `Authorization: Bearer csk_<id>_<secret>` "
                      "exactly as `creditsync keys create` printed it")
     key_id, secret = match.groups()
-    with engine.connect() as conn:
-        if not database.is_sqlite(conn):  # one statement: no BEGIN and COMMIT round trips
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    with database.read_once(engine) as conn:
         row = conn.execute(sa.select(_k).where(_k.c.id == key_id)).first()
     # an unknown id is compared against a dummy digest, so both answers take as long
     stored = row.secret_hash if row is not None else _DUMMY

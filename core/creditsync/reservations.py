@@ -93,16 +93,21 @@ def reserve(
                   "idempotency_key": idempotency_key, "amount": amount,
                   "committed_amount": None, "status": Status.HELD, "created_at": now,
                   "expires_at": now + ttl, "settled_at": None}
-        conn.execute(_r.insert().values(**values))
-        conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
-            credits_held=_i.c.credits_held + amount))
+        hold = _r.insert().values(**values)
+        held = _i.update().where(_i.c.instance_id == instance_id).values(
+            credits_held=_i.c.credits_held + amount)
+        if database.is_sqlite(conn):
+            conn.execute(hold)
+            conn.execute(held)
+        else:  # one statement, one round trip
+            conn.execute(hold.add_cte(held.cte("held")))
         return Reservation(reservation_id, instance_id, amount, Status.HELD, None, now,
                            now + ttl, None)
 
 
 def instance_of(engine: Engine, reservation_id: str) -> str:
     """The instance a reservation holds credits of (`UnknownReservation` if none)."""
-    with database.read(engine) as conn:
+    with database.read_once(engine) as conn:
         found = conn.execute(sa.select(_r.c.instance_id).where(
             _r.c.id == reservation_id)).scalar_one_or_none()
     if found is None:
@@ -154,12 +159,14 @@ def _commit(conn: Connection, found: Reservation, amount: int | None, now: dt.da
             code="commit_exceeds_hold")
     row = usage.locked(conn, found.instance_id)
     row = usage.current(conn, row, now=now, pol=pol, correlation_id=found.id)
+    settled = _settlement(found, Status.COMMITTED, now, committed=charged)
     if charged:
         usage.charge(conn, row, charged, now=now, correlation_id=found.id,
-                     released=found.amount)
+                     released=found.amount, then=settled)
     else:
         holds.release(conn, [(found.instance_id, found.amount)])
-    return _settle(conn, found, Status.COMMITTED, now, committed=charged)
+        conn.execute(settled)
+    return replace(found, status=Status.COMMITTED, committed_amount=charged, settled_at=now)
 
 
 def release(engine: Engine, reservation_id: str, *, now: dt.datetime) -> Reservation:
@@ -199,11 +206,16 @@ def _settling(
         yield conn, Reservation.of(row)
 
 
-def _settle(conn: Connection, found: Reservation, status: Status, now: dt.datetime, *,
-            committed: int | None = None) -> Reservation:
-    conn.execute(_r.update().where(_r.c.id == found.id).values(
-        status=status, committed_amount=committed, settled_at=now))
-    return replace(found, status=status, committed_amount=committed, settled_at=now)
+def _settlement(found: Reservation, status: Status, now: dt.datetime, *,
+                committed: int | None = None) -> sa.Update:
+    return _r.update().where(_r.c.id == found.id).values(
+        status=status, committed_amount=committed, settled_at=now)
+
+
+def _settle(conn: Connection, found: Reservation, status: Status, now: dt.datetime) -> (
+        Reservation):
+    conn.execute(_settlement(found, status, now))
+    return replace(found, status=status, settled_at=now)
 
 
 def _settled(found: Reservation, action: str) -> errors.Conflict:

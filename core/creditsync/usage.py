@@ -127,12 +127,13 @@ def spendable_at_least(
 
 def charge(
     conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
-    correlation_id: str, released: int = 0, then: sa.Insert | None = None,
+    correlation_id: str, released: int = 0, then: sa.Insert | sa.Update | None = None,
 ) -> Draw:
     """Charge `amount` to the locked instance `row` (the `draw` order) with its one `usage`
     ledger row; `released`: held credits freed in the same update (a commit); `then`: a
-    row to insert with them (a consume's idempotency row). On PostgreSQL the three are one
-    statement (data-modifying CTEs): one round trip on the hot path."""
+    write to make with them (a consume's idempotency row, a reservation's settlement). On
+    PostgreSQL the three are one statement (data-modifying CTEs): one round trip on the hot
+    path."""
     taken = draw(instances.plan_left(row.credits_total, row.credits_used_month),
                  row.bonus_credits, amount)
     before = instances.numbers_of(row)

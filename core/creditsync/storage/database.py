@@ -117,6 +117,17 @@ def read(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+@contextmanager
+def read_once(engine: Engine) -> Iterator[Connection]:
+    """A connection for ONE read statement: on PostgreSQL in autocommit, so the read costs
+    no BEGIN and COMMIT round trips (a hot path's lookup, e.g. a service key)."""
+    with engine.connect() as connection:
+        if is_sqlite(connection):
+            yield connection
+        else:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def describe(url: str) -> str:
     """The URL with its password hidden, for logs and messages."""
     return make_url(url).render_as_string(hide_password=True)
