@@ -5,9 +5,12 @@ that never charge twice."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -155,3 +158,20 @@ def test_retries_run_out_with_advice(backend: Backend) -> None:
         credits.credits("anything")
     assert failed.value.retry_after > 0
     assert isinstance(failed.value.__cause__, httpx.TransportError)
+
+
+def test_the_readme_example_runs(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Credits for the app's own backend", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1
+    assert len(blocks[0].strip().splitlines()) <= 14
+    inst = backend.instance()
+    told: list[str] = []
+    monkeypatch.setenv("CREDITSYNC_KEY", backend.key)
+    code = blocks[0].replace("https://credits.example.com", backend.server.url)
+    exec(code, {"instance_id": inst, "image": SimpleNamespace(id=1),  # noqa: S102
+                "job": SimpleNamespace(id=2), "render": lambda job: 42,
+                "tell_the_user": told.append})
+    found = instances.credits(backend.engine, inst, now=clock.utcnow())
+    assert (found.credits_used, found.credits_held, told) == (47, 0, [])
