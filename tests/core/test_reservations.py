@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from creditsync import (
+    catalog,
     clock,
     convergence,
     enums,
@@ -20,9 +22,10 @@ from creditsync import (
     runner,
     usage,
 )
-from creditsync.storage import database, models
+from creditsync.storage import database, models, schema
 from tests.core.helpers import DAY, HOUR, RESET, accept, instance
 from tests.support import waiting
+from tests.support.database import new_pg_database
 from tests.support.holds import assert_holds_match
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
@@ -257,3 +260,36 @@ def test_the_standalone_loop_expires_holds_between_runs(engine: Engine) -> None:
         thread.join(10)
     assert reservations.get(engine, kept.id).status == "held"
     assert instance(engine, "u").credits_held == 5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_migration_gives_existing_instances_no_holds(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/old.db"
+    else:
+        cluster = request.getfixturevalue("pg")
+        url = cluster.url(new_pg_database(cluster, template=None))
+    engine = database.create(url)
+    try:
+        schema.upgrade(engine, "0003")
+        columns = ["instance_id", "plan_id", "credits_total", "bonus_credits",
+                   "credits_used_month", "period_start", "period_end", "applied_rev",
+                   "version", "created_at", "updated_at"]
+        old = sa.table("instances", *(  # the table as 0003 left it
+            sa.column(c, models.UTCDateTime()) if c.endswith(("_start", "_end", "_at"))
+            else sa.column(c) for c in columns))
+        with database.write(engine) as conn:
+            conn.execute(old.insert().values(
+                instance_id="before", plan_id="free", credits_total=100, bonus_credits=0,
+                credits_used_month=0, period_start=T0, period_end=T0 + 30 * DAY,
+                applied_rev=0, version=0, created_at=T0, updated_at=T0))
+        schema.upgrade(engine)
+        assert schema.current(engine) == schema.head()
+        assert instance(engine, "before").credits_held == 0
+        with database.write(engine) as conn:
+            catalog.seed(conn, None, T0)
+        held = reservations.reserve(engine, "before", 10, "k", now=T0, pol=RESET)
+        assert instance(engine, "before").credits_held == held.amount
+    finally:
+        engine.dispose()
