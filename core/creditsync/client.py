@@ -18,6 +18,7 @@ Only the standard library and httpx: nothing of the server is imported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -322,12 +323,14 @@ class Client:
     def reserve(self, instance_id: str, amount: int, idempotency_key: str | None = None, *,
                 ttl: int = 900) -> Iterator[Hold]:
         """Hold `amount`; commit on success (`Hold.charge` sets how much), release on an
-        exception (which is raised on)."""
+        exception (which is raised on; if the release cannot be sent either, the hold
+        expires by its TTL)."""
         hold = Hold(self.hold(instance_id, amount, idempotency_key, ttl=ttl))
         try:
             yield hold
         except BaseException:
-            self.release(hold.reservation.id)
+            with contextlib.suppress(ClientError):  # else the hold expires by its TTL
+                self.release(hold.reservation.id)
             raise
         self.commit(hold.reservation.id, hold.amount)
 
@@ -395,7 +398,8 @@ class AsyncClient:
         try:
             yield hold
         except BaseException:
-            await self.release(hold.reservation.id)
+            with contextlib.suppress(ClientError):  # else the hold expires by its TTL
+                await self.release(hold.reservation.id)
             raise
         await self.commit(hold.reservation.id, hold.amount)
 
