@@ -151,6 +151,24 @@ def test_a_generated_key_is_kept_across_retries(backend: Backend) -> None:
     assert backend.usage_rows(inst) == 1
 
 
+def test_503_and_429_are_retried_with_the_same_key(backend: Backend) -> None:
+    inst = backend.instance()
+    with dropping_proxy(backend.server.port, drop=0,
+                        refuse=["503 Service Unavailable", "429 Too Many Requests"]) as proxy, \
+            client.Client(proxy.url, backend.key, backoff=0.01) as credits:
+        spent = credits.consume(inst, 10)
+        assert proxy.refuse == []
+    assert (spent.replayed, spent.credits_remaining) == (False, 90)
+    assert backend.usage_rows(inst) == 1
+    with dropping_proxy(backend.server.port, drop=0, refuse=["503 Service Unavailable"] * 3
+                        ) as proxy, client.Client(proxy.url, backend.key, retries=2,
+                                                  backoff=0.01) as credits, \
+            pytest.raises(client.Unavailable) as failed:
+        credits.consume(inst, 10)
+    assert (failed.value.status, failed.value.code) == (503, "unavailable")
+    assert backend.usage_rows(inst) == 1
+
+
 def test_retries_run_out_with_advice(backend: Backend) -> None:
     with client.Client("http://127.0.0.1:9", backend.key, retries=1,
                        backoff=0.01) as credits, \

@@ -1,5 +1,7 @@
 """A tiny TCP proxy that drops the first responses: the request reaches the server (and is
-done there), the answer never reaches the client, whose connection is closed instead."""
+done there), the answer never reaches the client, whose connection is closed instead. Or,
+with `refuse`, the first requests never reach the server and are answered with that status
+line and `Retry-After: 0` (an overloaded server or a load balancer's 503)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from collections.abc import Iterator
 
 
 class DroppingProxy:
-    def __init__(self, upstream_port: int, drop: int = 1) -> None:
+    def __init__(self, upstream_port: int, drop: int = 1, refuse: list[str] | None = None,
+                 ) -> None:
+        self.refuse = list(refuse or [])
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -30,6 +34,17 @@ class DroppingProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            status = self.refuse.pop(0) if self.refuse else None
+        if status is not None:
+            with contextlib.suppress(OSError):
+                client.recv(65536)
+                body = b'{"error":"unavailable","message":"try again"}'
+                client.sendall(f"HTTP/1.1 {status}\r\nRetry-After: 0\r\nConnection: close\r\n"
+                               f"Content-Type: application/json\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            client.close()
+            return
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
         with contextlib.suppress(OSError):
@@ -60,8 +75,9 @@ class DroppingProxy:
 
 
 @contextlib.contextmanager
-def dropping_proxy(upstream_port: int, drop: int = 1) -> Iterator[DroppingProxy]:
-    proxy = DroppingProxy(upstream_port, drop)
+def dropping_proxy(upstream_port: int, drop: int = 1,
+                   refuse: list[str] | None = None) -> Iterator[DroppingProxy]:
+    proxy = DroppingProxy(upstream_port, drop, refuse)
     try:
         yield proxy
     finally:
