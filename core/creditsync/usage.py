@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,16 +83,16 @@ def consume(
         left = spendable(row)
         if amount > left:
             raise InsufficientCredits(instance_id, amount, left)
-        taken = draw(instances.plan_left(row.credits_total, row.credits_used_month),
-                     row.bonus_credits, amount)
-        result = Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
-                             left - amount)
-        charge(conn, row, amount, now=now, correlation_id=idempotency_key,
-               then=_keys.insert().values(
-                   instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
-                   from_plan=taken.from_plan, from_bonus=taken.from_bonus,
-                   remaining_after=result.credits_remaining, created_at=now))
-        return result
+        def remember(taken: Draw) -> sa.Insert:  # the key's first result
+            return _keys.insert().values(
+                instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
+                from_plan=taken.from_plan, from_bonus=taken.from_bonus,
+                remaining_after=left - amount, created_at=now)
+
+        taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key,
+                       then=remember)
+        return Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
+                           left - amount)
 
 
 def spendable(row: sa.Row[Any]) -> int:
@@ -127,13 +128,14 @@ def spendable_at_least(
 
 def charge(
     conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
-    correlation_id: str, released: int = 0, then: sa.Insert | sa.Update | None = None,
+    correlation_id: str, released: int = 0,
+    then: Callable[[Draw], sa.Insert | sa.Update] | None = None,
 ) -> Draw:
     """Charge `amount` to the locked instance `row` (the `draw` order) with its one `usage`
     ledger row; `released`: held credits freed in the same update (a commit); `then`: a
-    write to make with them (a consume's idempotency row, a reservation's settlement). On
-    PostgreSQL the three are one statement (data-modifying CTEs): one round trip on the hot
-    path."""
+    write to make with them, built from the draw (a consume's idempotency row, a
+    reservation's settlement). On PostgreSQL the three are one statement (data-modifying
+    CTEs): one round trip on the hot path."""
     taken = draw(instances.plan_left(row.credits_total, row.credits_used_month),
                  row.bonus_credits, amount)
     before = instances.numbers_of(row)
@@ -145,14 +147,15 @@ def charge(
     entry = _ledger.insert().values(**ledger.entry(
         row.instance_id, enums.LedgerKind.USAGE, before, after, at=now, actor=enums.Actor.APP,
         correlation_id=correlation_id, reason=None))
+    last = then(taken) if then is not None else None
     if database.is_sqlite(conn):
-        for statement in (update, entry, then):
+        for statement in (update, entry, last):
             if statement is not None:
                 conn.execute(statement)
-    elif then is None:
+    elif last is None:
         conn.execute(entry.add_cte(update.cte("spent")))
     else:
-        conn.execute(then.add_cte(update.cte("spent"), entry.cte("entry")))
+        conn.execute(last.add_cte(update.cte("spent"), entry.cte("entry")))
     return taken
 
 
