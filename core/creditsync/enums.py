@@ -90,3 +90,22 @@ class AuditAction(StrEnum):
     WOULD_HEAL = "would_heal"  # a dry run: it would be applied
     QUARANTINED = "quarantined"  # a package no plan names: nobody downgraded, alerted
     NONE = "none"  # nothing to do after all (e.g. a newer webhook already decided)
+
+
+class AppEvent(StrEnum):
+    """The events creditsync sends to the app (Standard Webhooks `type`s)."""
+
+    CREDITS_LOW = "credits.low"  # remaining fell to a threshold of the period's allocation
+    CREDITS_DEPLETED = "credits.depleted"  # nothing left
+    CREDITS_RESET = "credits.reset"  # the monthly reset
+    PLAN_CHANGED = "plan.changed"  # an accepted purchase or plan change, or an expiry
+    CREDITS_REPAIRED = "credits.repaired"  # the reconciler fixed a drift
+    GRANT_EXPIRED = "grant.expired"  # what was left on a grant expired
+
+
+class DeliveryStatus(StrEnum):
+    """Where an outbox event stands."""
+
+    PENDING = "pending"  # to be sent (again, after its backoff)
+    DELIVERED = "delivered"  # the app answered 2xx
+    DEAD = "dead"  # gave up after `outbox.MAX_ATTEMPTS`; an admin may replay it

@@ -60,8 +60,7 @@ class HistoryEntry:
     reason: str | None
 
 
-def remaining(credits_total: int, credits_used: int, bonus: int) -> int:
-    return max(credits_total - credits_used, 0) + bonus
+remaining = policy.remaining
 
 
 def provision(

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import convergence, enums, errors, instances, ledger, policy
+from creditsync import (
+    convergence,
+    enums,
+    errors,
+    events,
+    instances,
+    ledger,
+    policy,
+    policy_store,
+)
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -73,9 +82,11 @@ def consume(
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
             credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
             version=_i.c.version + 1, updated_at=now))
-        conn.execute(_ledger.insert().values(**ledger.entry(
+        ledger_id = conn.execute(_ledger.insert().values(**ledger.entry(
             instance_id, "usage", before, after, at=now, actor=enums.Actor.APP,
-            correlation_id=idempotency_key, reason=None)))
+            correlation_id=idempotency_key, reason=None)).returning(_ledger.c.id)).scalar_one()
+        events.after_spend(conn, instance_id, before, after, ledger_id=ledger_id, now=now,
+                           pol=pol if pol is not None else policy_store.load(conn))
         result = Consumption(instance_id, amount, from_plan, from_bonus, left - amount)
         conn.execute(_keys.insert().values(
             instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
