@@ -143,7 +143,8 @@ WITH created AS (
     SELECT x.id, %(iid)s, x.type, jsonb_set(x.payload, '{data,ledgerId}',
                                             COALESCE(to_jsonb(entries.id), 'null'))::json,
         %(now)s, 'pending', 0, %(now)s
-    FROM jsonb_to_recordset(%(events)s) WITH ORDINALITY AS x(id text, type text, payload jsonb, n)
+    FROM ROWS FROM (jsonb_to_recordset(%(events)s) AS (id text, type text, payload jsonb))
+    WITH ORDINALITY AS x(id, type, payload, n)
     LEFT JOIN entries ON entries.kind = x.payload->'data'->>'kind'
     ORDER BY x.n
 )
