@@ -186,8 +186,9 @@ class Settings(pydantic_settings.BaseSettings):
     # events to the app (Standard Webhooks): delivered only when the URL is set
     app_webhook_url: Annotated[str | None, BeforeValidator(_http_url)] = None
     app_webhook_secret: Annotated[SecretStr | None, BeforeValidator(_webhook_secret)] = None
-    low_credit_thresholds: Annotated[tuple[int, ...], BeforeValidator(_low_credit_thresholds)] \
-        = thresholds.DEFAULT
+    # NoDecode: the environment's text goes to the validator, not to a JSON decoder
+    low_credit_thresholds: Annotated[tuple[int, ...], pydantic_settings.NoDecode,
+                                     BeforeValidator(_low_credit_thresholds)] = thresholds.DEFAULT
 
     def __init__(self, **values: Any) -> None:
         try:
