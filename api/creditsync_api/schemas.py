@@ -19,6 +19,7 @@ from creditsync import (
     enums,
     instances,
     manual,
+    outbox,
     policy,
     policy_store,
     reports,
@@ -26,6 +27,8 @@ from creditsync import (
 )
 
 WebhookStatus = enums.EventStatus
+DeliveryStatus = enums.DeliveryStatus
+AppEvent = enums.AppEvent
 LedgerKind = enums.LedgerKind
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
@@ -512,6 +515,49 @@ class ReplayResult(ApiModel):
     model_config = _example(eventId=_EVENT["eventId"], status="applied")
     event_id: str
     status: WebhookStatus
+
+
+_DELIVERY = {"webhookId": "msg_01JH2Q6Z7R8S9T0V1W2X3Y4Z5A", "seq": 41,
+             "instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "type": "credits.low",
+             "status": "delivered", "attempts": 1, "createdAt": _T0, "nextAttemptAt": None,
+             "lastError": None, "deliveredAt": _T0,
+             "payload": {"type": "credits.low", "timestamp": _T0,
+                         "data": {"instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10",
+                                  "ledgerId": 812, "threshold": 20, "thresholdCredits": 200}}}
+_DELIVERY_COUNTS = {"pending": 0, "delivered": 1, "dead": 0}
+
+
+class Delivery(ApiModel):
+    """One event to the app and how its delivery stands."""
+
+    model_config = _example(**_DELIVERY)
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every retry.")
+    seq: int = Field(description="Order of the events (an instance's go out in this order).")
+    instance_id: str
+    type: AppEvent
+    status: DeliveryStatus
+    attempts: int
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+    payload: dict[str, Any] = Field(description="The body sent, as signed.")
+
+    @classmethod
+    def from_core(cls, found: outbox.Delivery) -> Self:
+        fields = {k: v for k, v in vars(found).items() if k != "id"}
+        return cls(webhook_id=found.id, **fields)
+
+
+class DeliveryPage(ApiModel):
+    model_config = _example(items=[_DELIVERY], counts=_DELIVERY_COUNTS, nextBefore=None,
+                            delivering=True)
+    items: list[Delivery]
+    counts: dict[str, int] = Field(description="All events to the app by status.")
+    next_before: int | None = Field(description="Pass as `before` for the next page.")
+    delivering: bool = Field(description="Whether this process has an app webhook URL "
+                                         "(`CREDITSYNC_APP_WEBHOOK_URL`); without one, events "
+                                         "wait pending for a process that has.")
 
 
 class RepairsOnDay(ApiModel):
