@@ -23,6 +23,7 @@ from creditsync import (
     policy,
     policy_store,
     reports,
+    thresholds,
     usage,
 )
 
@@ -550,14 +551,10 @@ class Delivery(ApiModel):
 
 
 class DeliveryPage(ApiModel):
-    model_config = _example(items=[_DELIVERY], counts=_DELIVERY_COUNTS, nextBefore=None,
-                            delivering=True)
+    model_config = _example(items=[_DELIVERY], counts=_DELIVERY_COUNTS, nextBefore=None)
     items: list[Delivery]
     counts: dict[str, int] = Field(description="All events to the app by status.")
     next_before: int | None = Field(description="Pass as `before` for the next page.")
-    delivering: bool = Field(description="Whether this process has an app webhook URL "
-                                         "(`CREDITSYNC_APP_WEBHOOK_URL`); without one, events "
-                                         "wait pending for a process that has.")
 
 
 class RepairsOnDay(ApiModel):
@@ -649,13 +646,16 @@ class Policy(ApiModel):
     """The transition policy every process converges with, and where it came from."""
 
     model_config = _example(usageOnPlanChange="Preserve", expiryGracePeriod="1d",
-                            expiryGracePeriodSeconds=86400,
+                            expiryGracePeriodSeconds=86400, lowCreditThresholds="20%,5%",
                             source="CreditSync creditsync/creditsync", updatedAt=_T0)
     usage_on_plan_change: enums.UsagePolicy = Field(
         description="What a purchase or plan change does to the period's usage.")
     expiry_grace_period: str = Field(description="How long a cancelled plan outlives its "
                                                  "expiry, as a duration (`0s`, `1d`).")
     expiry_grace_period_seconds: int
+    low_credit_thresholds: str = Field(description="The `credits.low` thresholds, percentages "
+                                                   "of the period's allocation (`none`: no "
+                                                   "`credits.low` events).")
     source: str = Field(description="Who wrote it: a `CreditSync` (namespace/name), the "
                                     "environment of `creditsync run`, or the built-in "
                                     "defaults.")
@@ -667,4 +667,5 @@ class Policy(ApiModel):
             usage_on_plan_change=found.policy.usage_on_plan_change,
             expiry_grace_period=config.format_duration(found.policy.expiry_grace_period),
             expiry_grace_period_seconds=int(found.policy.expiry_grace_period.total_seconds()),
+            low_credit_thresholds=thresholds.text_of(found.policy.low_credit_thresholds),
             source=found.source, updated_at=found.updated_at)

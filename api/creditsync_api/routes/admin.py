@@ -178,7 +178,7 @@ def replay(
 @router.get("/deliveries", summary="Events to the app and their delivery",
             response_model=schemas.DeliveryPage, responses=errors.responses(400, 401, 503))
 def list_deliveries(
-    engine: EngineDep, state: StateDep,
+    engine: EngineDep,
     status: Annotated[schemas.DeliveryStatus | None, Query(description="Only this status.")]
     = None,
     instance_id: Annotated[str | None, Query(alias="instanceId", max_length=100,
@@ -193,8 +193,7 @@ def list_deliveries(
                                   before=before)
     return schemas.DeliveryPage(
         items=[schemas.Delivery.from_core(item) for item in page.items],
-        counts=outbox.counts(engine), next_before=page.next_before,
-        delivering=bool(state.settings.app_webhook_url))
+        counts=outbox.counts(engine), next_before=page.next_before)
 
 
 @router.post("/deliveries/{webhook_id}/replay", summary="Send an event to the app again",
