@@ -52,7 +52,9 @@ class Client:
         except httpx.HTTPError as exc:
             raise outbox.DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
         if not 200 <= answer.status_code < 300:
-            raise outbox.DeliveryFailed(f"HTTP {answer.status_code}: {answer.text[:200]}")
+            said = answer.text.strip()[:200]
+            raise outbox.DeliveryFailed(f"HTTP {answer.status_code}"
+                                        + (f": {said}" if said else ""))
 
     def close(self) -> None:
         self._http.close()

@@ -130,7 +130,7 @@ def test_a_wrong_secret_is_refused_by_the_app(engine: Engine, receiver: AppRecei
     finally:
         wrong.close()
     assert [a.verified for a in receiver.attempts] == [False]
-    assert rows(engine, "u")[0].last_error == "HTTP 401: "
+    assert rows(engine, "u")[0].last_error == "HTTP 401"
 
 
 def test_a_rolled_back_change_sends_nothing(
@@ -170,7 +170,7 @@ def test_a_failing_app_gets_every_event_afterwards_in_order_with_the_same_ids(
     assert [r.status for r in b_rows] == ["delivered"] * 3
     assert [(r.status, r.attempts) for r in a_rows] == [
         ("pending", 4), ("pending", 0), ("pending", 0)]
-    assert a_rows[0].last_error == "HTTP 503: "
+    assert a_rows[0].last_error == "HTTP 503"
     assert a_rows[0].next_attempt_at == now - dt.timedelta(minutes=5) + outbox.backoff(4)
     receiver.failing = set()
     outbox.deliver_due(engine, client, now + HOUR)
