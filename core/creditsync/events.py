@@ -9,7 +9,8 @@
 - `after_changes()`: convergence's and the webhooks' steps — `credits.reset`,
   `plan.changed` (an accepted purchase or plan change, or an expiry), `credits.repaired`
   (a drift the reconciler fixed) — set-based, one insert per batch.
-- `grant_expired()`: for the grants' expiry.
+- `grant_expired()` / `grant_expired_event()`: for the grants' expiry (one, or a batch
+  through `outbox.emit_many`).
 
 Every event carries the numbers before and after (`before`, `after`) and the id of the
 ledger row that recorded the change (`ledgerId`).
@@ -111,11 +112,21 @@ def after_changes(
     outbox.emit_many(conn, step_events(changes, ledger_ids), now=now)
 
 
+def grant_expired_event(
+    instance_id: str, before: policy.Numbers, after: policy.Numbers, *, ledger_id: int,
+    grant: Mapping[str, Any],
+) -> outbox.Event:
+    """`grant.expired`: what was left on a grant left the balance (`grant` is the grant as
+    the API answers it: `grantId`, `amount`, `expired` …). For a set-based expiry, pass a
+    batch of these to `outbox.emit_many` in the expiry's transaction."""
+    return outbox.Event(instance_id, Event.GRANT_EXPIRED,
+                        data(before, after, ledger_id, grant=dict(grant)))
+
+
 def grant_expired(
     conn: Connection, instance_id: str, before: policy.Numbers, after: policy.Numbers, *,
     ledger_id: int, now: dt.datetime, grant: Mapping[str, Any],
 ) -> str:
-    """`grant.expired`: what was left on a grant left the balance (`grant` is the grant as
-    the API answers it: `grantId`, `amount`, `expired` …). Its `webhook-id`."""
-    return outbox.emit(conn, instance_id, Event.GRANT_EXPIRED,
-                       data(before, after, ledger_id, grant=dict(grant)), now=now)
+    """Write one `grant.expired` in the caller's transaction; its `webhook-id`."""
+    event = grant_expired_event(instance_id, before, after, ledger_id=ledger_id, grant=grant)
+    return outbox.emit(conn, instance_id, event.type, event.data, now=now)
