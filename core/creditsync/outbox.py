@@ -40,7 +40,7 @@ log = logging.getLogger("creditsync.outbox")
 _o = models.OUTBOX
 Status = enums.DeliveryStatus
 
-MAX_ATTEMPTS = 12  # about five and a half hours of retries with `backoff`
+MAX_ATTEMPTS = 30  # about 20 hours of retries with `backoff` (the app may be down a while)
 ROUND_SIZE = 100  # instances' head events sent per round
 MAX_ROUNDS = 50  # rounds per `deliver_due` call, so a runner's other steps are not held up
 _TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
