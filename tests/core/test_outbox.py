@@ -322,3 +322,9 @@ def test_the_secret_must_be_whsec_base64_of_24_to_64_bytes() -> None:
     with pytest.raises(config.ConfigError, match="CREDITSYNC_APP_WEBHOOK_SECRET is not"):
         delivery.from_settings(settings)
     assert delivery.from_settings(config.from_env({})) is None
+    servers = config.Settings(wix_public_key="k", app_secret="s", admin_token="a" * 16,
+                              app_webhook_url="https://app.example.com/hooks")
+    with pytest.raises(config.ConfigError, match="CREDITSYNC_APP_WEBHOOK_URL is set but "
+                                                 "CREDITSYNC_APP_WEBHOOK_SECRET is not"):
+        servers.require_secrets()
+    servers.replace(app_webhook_secret=new_secret()).require_secrets()
