@@ -117,9 +117,7 @@ def rows(events: Sequence[Event], now: dt.datetime) -> list[dict[str, Any]]:
 def emit(conn: Connection, instance_id: str, type: enums.AppEvent, data: Mapping[str, Any], *,
          now: dt.datetime) -> str:
     """Write one event inside the caller's transaction; its `webhook-id`."""
-    row = rows([Event(instance_id, type, data)], now)[0]
-    conn.execute(_o.insert().values(**row))
-    return str(row["id"])
+    return emit_many(conn, [Event(instance_id, type, data)], now=now)[0]
 
 
 _COLUMNS = ("id", "instance_id", "type", "payload", "created_at", "status", "attempts",
@@ -128,11 +126,12 @@ _SQLITE_INSERT = (f"INSERT INTO outbox ({', '.join(_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
 
-def emit_many(conn: Connection, events: Sequence[Event], *, now: dt.datetime) -> None:
+def emit_many(conn: Connection, events: Sequence[Event], *, now: dt.datetime) -> list[str]:
     """Write a batch's events inside the caller's transaction: straight to the driver (a
-    monthly reset writes one per instance), `executemany` on SQLite, `COPY` on PostgreSQL."""
+    monthly reset writes one per instance), `executemany` on SQLite, `COPY` on PostgreSQL.
+    Their `webhook-id`s, in order."""
     if not events:
-        return
+        return []
     raw = conn.connection.driver_connection
     assert raw is not None
     stamp: object = models.sqlite_time(now) if database.is_sqlite(conn) else now
@@ -140,10 +139,12 @@ def emit_many(conn: Connection, events: Sequence[Event], *, now: dt.datetime) ->
                str(Status.PENDING), 0, stamp) for r in rows(events, now)]
     if database.is_sqlite(conn):
         raw.executemany(_SQLITE_INSERT, values)
-        return
-    with raw.cursor() as cur, cur.copy(f"COPY outbox ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-        for row in values:
-            copy.write_row(row)
+    else:
+        with raw.cursor() as cur, \
+                cur.copy(f"COPY outbox ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
+    return [str(row[0]) for row in values]
 
 
 def backoff(attempts: int) -> dt.timedelta:
