@@ -1,8 +1,9 @@
 """Prometheus metrics, one registry per app (so each test's app counts from zero).
 
-Counters and the latency histogram count what this process did. The drifted-instance and
-inbox-backlog gauges are read from the database at scrape time, so every replica (and the
-operator's runs) report the same truth; when the database is down they are left out.
+Counters and the latency histogram count what this process did. The drifted-instance,
+inbox-backlog and app-event gauges are read from the database at scrape time, so every
+replica (and the operator's runs) report the same truth; when the database is down they are
+left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
-from creditsync import audit, convergence, marketplace, reports, subscriptions
+from creditsync import audit, clock, convergence, marketplace, outbox, reports, subscriptions
 
 log = logging.getLogger("creditsync.api.metrics")
 
@@ -77,6 +78,10 @@ class Metrics:
             "creditsync_marketplace_disagreements", "Instances on which the marketplace "
             "disagreed with our subscription, by action (healed, would_heal, quarantined, "
             "none).", ["action"], registry=r)
+        self.deliveries = Counter(
+            "creditsync_app_event_deliveries", "Attempts to deliver events to the app made by "
+            "this process, by outcome (delivered; retry: failed, tried again later; dead: "
+            "failed for the last time).", ["outcome"], registry=r)
         r.register(_DatabaseGauges(engine))
 
     def webhook(self, event_type: str, outcome: str) -> None:
@@ -94,6 +99,11 @@ class Metrics:
     def observe_audit(self, report: audit.Report) -> None:
         for found in report.disagreements:
             self.disagreements.labels(found.action.value).inc()
+
+    def observe_deliveries(self, outcomes: dict[str, int]) -> None:
+        """The loop's hook: one `outbox.deliver_due` and its outcomes."""
+        for outcome, count in outcomes.items():
+            self.deliveries.labels(outcome).inc(count)
 
     def observe_run(self, summary: convergence.Summary) -> None:
         """Record a convergence run (also the hook `creditsync run` gives the loop)."""
@@ -115,6 +125,8 @@ class _DatabaseGauges(Collector):
             engine = self.engine()
             backlog_counts = reports.inbox_backlog(engine)
             drifted = reports.last_full_run_drifted(engine)
+            event_counts = outbox.counts(engine)
+            oldest = outbox.oldest_pending_age(engine, clock.utcnow())
         except (sa.exc.SQLAlchemyError, RuntimeError) as exc:
             log.warning("metrics: database unavailable (%s); gauges left out", exc)
             return
@@ -125,6 +137,17 @@ class _DatabaseGauges(Collector):
         for status, count in backlog_counts.items():
             backlog.add_metric([status], count)
         yield backlog
+        events = GaugeMetricFamily(
+            "creditsync_app_events",
+            "Events to the app in the outbox, by status: pending (the backlog, to be sent), "
+            "delivered, dead (gave up; replay from the admin API).", labels=["status"])
+        for status, count in event_counts.items():
+            events.add_metric([status], count)
+        yield events
+        yield GaugeMetricFamily(
+            "creditsync_app_event_oldest_pending_seconds",
+            "Age of the oldest event to the app not yet delivered (0: none pending).",
+            value=oldest or 0.0)
         if drifted is not None:
             yield GaugeMetricFamily(
                 "creditsync_drifted_instances",

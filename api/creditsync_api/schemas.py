@@ -20,14 +20,18 @@ from creditsync import (
     instances,
     keys,
     manual,
+    outbox,
     policy,
     policy_store,
     reports,
     reservations,
+    thresholds,
     usage,
 )
 
 WebhookStatus = enums.EventStatus
+DeliveryStatus = enums.DeliveryStatus
+AppEvent = enums.AppEvent
 LedgerKind = enums.LedgerKind
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
@@ -572,6 +576,45 @@ class ReplayResult(ApiModel):
     status: WebhookStatus
 
 
+_DELIVERY = {"webhookId": "msg_01JH2Q6Z7R8S9T0V1W2X3Y4Z5A", "seq": 41,
+             "instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10", "type": "credits.low",
+             "status": "delivered", "attempts": 1, "createdAt": _T0, "nextAttemptAt": None,
+             "lastError": None, "deliveredAt": _T0,
+             "payload": {"type": "credits.low", "timestamp": _T0,
+                         "data": {"instanceId": "9f1c2b7e-0d3a-4c55-8a61-3f4f3c1d2e10",
+                                  "ledgerId": 812, "threshold": 20, "thresholdCredits": 200}}}
+_DELIVERY_COUNTS = {"pending": 0, "delivered": 1, "dead": 0}
+
+
+class Delivery(ApiModel):
+    """One event to the app and how its delivery stands."""
+
+    model_config = _example(**_DELIVERY)
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every retry.")
+    seq: int = Field(description="Order of the events (an instance's go out in this order).")
+    instance_id: str
+    type: AppEvent
+    status: DeliveryStatus
+    attempts: int
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+    payload: dict[str, Any] = Field(description="The body sent, as signed.")
+
+    @classmethod
+    def from_core(cls, found: outbox.Delivery) -> Self:
+        fields = {k: v for k, v in vars(found).items() if k != "id"}
+        return cls(webhook_id=found.id, **fields)
+
+
+class DeliveryPage(ApiModel):
+    model_config = _example(items=[_DELIVERY], counts=_DELIVERY_COUNTS, nextBefore=None)
+    items: list[Delivery]
+    counts: dict[str, int] = Field(description="All events to the app by status.")
+    next_before: int | None = Field(description="Pass as `before` for the next page.")
+
+
 class RepairsOnDay(ApiModel):
     model_config = _example(day="2026-01-10", repairs=3)
     day: dt.date
@@ -661,13 +704,16 @@ class Policy(ApiModel):
     """The transition policy every process converges with, and where it came from."""
 
     model_config = _example(usageOnPlanChange="Preserve", expiryGracePeriod="1d",
-                            expiryGracePeriodSeconds=86400,
+                            expiryGracePeriodSeconds=86400, lowCreditThresholds="20%,5%",
                             source="CreditSync creditsync/creditsync", updatedAt=_T0)
     usage_on_plan_change: enums.UsagePolicy = Field(
         description="What a purchase or plan change does to the period's usage.")
     expiry_grace_period: str = Field(description="How long a cancelled plan outlives its "
                                                  "expiry, as a duration (`0s`, `1d`).")
     expiry_grace_period_seconds: int
+    low_credit_thresholds: str = Field(description="The `credits.low` thresholds, percentages "
+                                                   "of the period's allocation (`none`: no "
+                                                   "`credits.low` events).")
     source: str = Field(description="Who wrote it: a `CreditSync` (namespace/name), the "
                                     "environment of `creditsync run`, or the built-in "
                                     "defaults.")
@@ -679,6 +725,7 @@ class Policy(ApiModel):
             usage_on_plan_change=found.policy.usage_on_plan_change,
             expiry_grace_period=config.format_duration(found.policy.expiry_grace_period),
             expiry_grace_period_seconds=int(found.policy.expiry_grace_period.total_seconds()),
+            low_credit_thresholds=thresholds.text_of(found.policy.low_credit_thresholds),
             source=found.source, updated_at=found.updated_at)
 
 

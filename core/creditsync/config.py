@@ -12,6 +12,8 @@ which fails closed with a message naming the variable to set.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
 import re
@@ -23,7 +25,7 @@ import pydantic
 import pydantic_settings
 from pydantic import BeforeValidator, SecretStr, ValidationInfo
 
-from creditsync import enums, errors
+from creditsync import enums, errors, thresholds
 
 PREFIX = "CREDITSYNC_"
 DEFAULT_DATABASE_URL = "sqlite:///./creditsync.db"
@@ -106,6 +108,54 @@ def _usage_policy(value: object, info: ValidationInfo) -> object:
     return str(value)
 
 
+def _low_credit_thresholds(value: object, info: ValidationInfo) -> object:
+    if not isinstance(value, str):
+        return value  # a tuple of basis points, as `Settings(...)` may be given
+    try:
+        return thresholds.parse(value, where=variable(str(info.field_name)))
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+_WEBHOOK_SECRET = re.compile(r"^whsec_([A-Za-z0-9+/]+={0,2})$")
+MIN_WEBHOOK_SECRET_BYTES = 24  # the Standard Webhooks specification: 24 to 64 bytes
+
+
+def webhook_secret_bytes(secret: str) -> bytes:
+    """The key of a `whsec_<base64>` secret; raises `ConfigError` saying what is wrong."""
+    where = "CREDITSYNC_APP_WEBHOOK_SECRET"
+    match = _WEBHOOK_SECRET.match(secret.strip())
+    if match is None:
+        raise ConfigError(f"{where}: use whsec_ followed by base64 (e.g. `echo whsec_$(openssl "
+                          "rand -base64 32)`)")
+    body = match.group(1)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except binascii.Error as exc:
+        raise ConfigError(f"{where}: the part after whsec_ is not base64 ({exc})") from None
+    if not MIN_WEBHOOK_SECRET_BYTES <= len(key) <= 64:
+        raise ConfigError(f"{where}: the key is {len(key)} bytes; use 24 to 64 (e.g. `echo "
+                          "whsec_$(openssl rand -base64 32)`)")
+    return key
+
+
+def _webhook_secret(value: object, info: ValidationInfo) -> object:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str):
+        try:
+            webhook_secret_bytes(text)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _http_url(value: object, info: ValidationInfo) -> object:
+    if isinstance(value, str) and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"{variable(str(info.field_name))}={value!r}: use an http:// or "
+                         "https:// URL")
+    return value
+
+
 Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
 
 
@@ -133,6 +183,12 @@ class Settings(pydantic_settings.BaseSettings):
     wix_api_url: str = "https://www.wixapis.com"
     marketplace_audit_interval: Duration = dt.timedelta(hours=6)  # 0: no periodic audit
     marketplace_rate: Annotated[float, BeforeValidator(_positive_number)] = 5.0
+    # events to the app (Standard Webhooks): delivered only when the URL is set
+    app_webhook_url: Annotated[str | None, BeforeValidator(_http_url)] = None
+    app_webhook_secret: Annotated[SecretStr | None, BeforeValidator(_webhook_secret)] = None
+    # NoDecode: the environment's text goes to the validator, not to a JSON decoder
+    low_credit_thresholds: Annotated[tuple[int, ...], pydantic_settings.NoDecode,
+                                     BeforeValidator(_low_credit_thresholds)] = thresholds.DEFAULT
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -172,6 +228,11 @@ class Settings(pydantic_settings.BaseSettings):
                 "missing secret(s): set " + ", ".join(missing)
                 + " (for a local try, `creditsync run --dev` makes development keys)"
             )
+        if self.app_webhook_url and (self.app_webhook_secret is None
+                                     or not self.app_webhook_secret.get_secret_value()):
+            raise ConfigError("CREDITSYNC_APP_WEBHOOK_URL is set but CREDITSYNC_APP_WEBHOOK_SECRET "
+                              "is not: events to the app are signed (e.g. `echo whsec_$(openssl "
+                              "rand -base64 32)`)")
         assert self.admin_token is not None
         if len(self.admin_token.get_secret_value()) < MIN_ADMIN_TOKEN:
             raise ConfigError(

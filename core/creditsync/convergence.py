@@ -5,7 +5,8 @@ the instances in keyset batches; SQL finds the drifted rows of a batch (`drift`:
 plan and allocation are computed in the query from the subscription and the catalog),
 `policy` decides their new numbers, and one set-based write per batch applies them
 (`storage.converge_sqlite`, `storage.converge_pg`), guarded by `version` so that usage
-recorded concurrently is never lost, with a ledger row per change. `drift.scan()` runs the
+recorded concurrently is never lost, with a ledger row per change and the events to the app
+it causes (`events.after_changes`, in the batch's transaction). `drift.scan()` runs the
 same query and reports without writing.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, clock, drift, policy, policy_store
+from creditsync import catalog, clock, drift, events, policy, policy_store
 from creditsync.storage import converge_pg, converge_sqlite, database, models
 
 log = logging.getLogger("creditsync.convergence")
@@ -228,11 +229,17 @@ def _apply(
     actor: str,
     correlation: str,
 ) -> set[str]:
-    """Write `changes` guarded by the versions read; return the ids actually written."""
+    """Write `changes` guarded by the versions read, and their events to the app (in the
+    same transaction); return the ids actually written."""
     versions = {row.instance_id: row.version for row in rows}
     if database.is_sqlite(conn):
-        return converge_sqlite.apply(conn, changes, versions, now, actor, correlation)
-    return converge_pg.apply(conn, changes, versions, now, actor, correlation)
+        applied, ledger_ids = converge_sqlite.apply(conn, changes, versions, now, actor,
+                                                    correlation)
+    else:
+        applied, ledger_ids = converge_pg.apply(conn, changes, versions, now, actor, correlation)
+    events.after_changes(conn, [c for c in changes if c.instance_id in applied], ledger_ids,
+                         now=now)
+    return applied
 
 
 def _touch(engine: Engine, instance_ids: Sequence[str], now: dt.datetime) -> None:

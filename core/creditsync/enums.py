@@ -112,3 +112,22 @@ class Scope(StrEnum):
 
 # what an instance token (the dashboard's, for its own instance only) may do
 INSTANCE_TOKEN_SCOPES = frozenset({Scope.CREDITS_READ, Scope.CREDITS_CONSUME})
+
+
+class AppEvent(StrEnum):
+    """The events creditsync sends to the app (Standard Webhooks `type`s)."""
+
+    CREDITS_LOW = "credits.low"  # remaining fell to a threshold of the period's allocation
+    CREDITS_DEPLETED = "credits.depleted"  # nothing left
+    CREDITS_RESET = "credits.reset"  # the monthly reset
+    PLAN_CHANGED = "plan.changed"  # an accepted purchase or plan change, or an expiry
+    CREDITS_REPAIRED = "credits.repaired"  # the reconciler fixed a drift
+    GRANT_EXPIRED = "grant.expired"  # what was left on a grant expired
+
+
+class DeliveryStatus(StrEnum):
+    """Where an outbox event stands."""
+
+    PENDING = "pending"  # to be sent (again, after its backoff)
+    DELIVERED = "delivered"  # the app answered 2xx
+    DEAD = "dead"  # gave up after `outbox.MAX_ATTEMPTS`; an admin may replay it

@@ -14,7 +14,7 @@ from functools import cached_property
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, ingest, marketplace, policy_store, runner
+from creditsync import alerts, config, delivery, ingest, marketplace, policy_store, runner
 from creditsync.storage import database, schema
 
 DEFAULT_POOL_SIZE = 5
@@ -74,13 +74,21 @@ class Factory:
         return marketplace.Client(self.settings.wix_api_url, app_id, secret.get_secret_value(),
                                   rate=self.settings.marketplace_rate, on_request=on_request)
 
+    def app_webhooks(self) -> delivery.Client | None:
+        """The client that sends events to the app, or None when `CREDITSYNC_APP_WEBHOOK_URL`
+        is unset (events wait in the outbox). Raises `ConfigError` for a bad secret."""
+        return delivery.from_settings(self.settings)
+
     def runner(self, *, alerter: alerts.Alerter | None = None,
                interval: dt.timedelta | None = None,
-               client: marketplace.Client | None = None) -> runner.Runner:
-        """The standalone convergence loop (and the periodic audit when `client` is given)."""
+               client: marketplace.Client | None = None,
+               deliverer: delivery.Client | None = None) -> runner.Runner:
+        """The standalone convergence loop (and the periodic audit when `client` is given,
+        the delivery of events to the app when `deliverer` is)."""
         return runner.Runner(self.engine, interval or self.settings.sync_interval,
                              self.settings.batch_size, alerter=alerter, marketplace=client,
-                             audit_interval=self.settings.marketplace_audit_interval)
+                             audit_interval=self.settings.marketplace_audit_interval,
+                             deliverer=deliverer)
 
     async def ingress(self, *, threads: int, pool_size: int) -> ingest.Ingress:
         """The webhook's ingest service on this engine (an async pool on PostgreSQL)."""

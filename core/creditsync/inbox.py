@@ -29,6 +29,7 @@ from creditsync import (
     decision,
     enums,
     errors,
+    events,
     instances,
     ledger,
     policy,
@@ -193,10 +194,15 @@ def write_decision(
             _i.c.instance_id == instance_id, _i.c.version == version).values(**values))
         if written.rowcount != 1:  # the lock makes this impossible; never write blind
             raise RuntimeError(f"instance {instance_id} changed while it was locked")
+    ledger_ids: dict[tuple[str, str], int] = {}
     if rows:
-        conn.execute(_ledger.insert(), rows)
+        written_rows = conn.execute(_ledger.insert().returning(
+            _ledger.c.id, _ledger.c.kind, sort_by_parameter_order=True), rows)
+        ledger_ids = {(instance_id, kind): ledger_id for ledger_id, kind in written_rows}
     if steps:
-        convergence.log_change(policy.Change(instance_id, steps), dry_run=False)
+        change = policy.Change(instance_id, steps)
+        events.after_changes(conn, [change], ledger_ids, now=now)
+        convergence.log_change(change, dry_run=False)
     return status
 
 

@@ -61,17 +61,8 @@ class HistoryEntry:
     reason: str | None
 
 
-def remaining(credits_total: int, credits_used: int, bonus: int, held: int = 0) -> int:
-    """What can still be spent: plan credits left, plus bonus, minus what open holds keep.
-
-    Never below 0: a plan change can leave holds larger than what is left (they stay valid,
-    and their commit is charged anyway: `usage.draw`)."""
-    return max(plan_left(credits_total, credits_used) + bonus - held, 0)
-
-
-def plan_left(credits_total: int, credits_used: int) -> int:
-    """The period's plan credits not used yet."""
-    return max(credits_total - credits_used, 0)
+remaining = policy.remaining
+plan_left = policy.plan_left
 
 
 def provision(

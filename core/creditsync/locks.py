@@ -1,4 +1,5 @@
-"""The convergence lock: no two runners (operator or standalone) converge at once.
+"""The runners' locks: no two runners (operator or standalone) converge, audit or deliver
+the outbox at once.
 
 PostgreSQL: a session advisory lock held on a dedicated connection. SQLite: an exclusive
 `flock` on a file beside the database. Both are non-blocking: a runner that does not get
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 ADVISORY_KEY = 0x63726564  # "cred"
 AUDIT_KEY = 0x61756474  # "audt": the marketplace audit's own runner lock
+DELIVERY_KEY = 0x64656c76  # "delv": the outbox's deliverer
 
 
 @contextmanager
@@ -32,6 +34,14 @@ def audit_lock(engine: Engine) -> Iterator[bool]:
     """The same, for the marketplace audit: one active auditor, which never holds up a
     convergence (an audit batch waits on the marketplace's request rate)."""
     with _runner_lock(engine, AUDIT_KEY, ".audit.lock") as held:
+        yield held
+
+
+@contextmanager
+def delivery_lock(engine: Engine) -> Iterator[bool]:
+    """The same, for delivering the outbox: one deliverer at a time, so an instance's events
+    go out in order and none twice at once (a held lock is a quiet skip)."""
+    with _runner_lock(engine, DELIVERY_KEY, ".deliver.lock") as held:
         yield held
 
 

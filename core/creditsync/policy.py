@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from creditsync import enums
+from creditsync import enums, thresholds
 
 if TYPE_CHECKING:
     from creditsync import config
@@ -29,22 +29,28 @@ class Policy:
 
     usage_on_plan_change: UsagePolicy = UsagePolicy.RESET
     expiry_grace_period: dt.timedelta = dt.timedelta(0)
+    # `credits.low` thresholds (basis points of the period's allocation, highest first)
+    low_credit_thresholds: thresholds.Thresholds = thresholds.DEFAULT
 
 
 def from_settings(settings: config.Settings) -> Policy:
     """The policy standalone `creditsync run` stores from its environment."""
-    return Policy(UsagePolicy(settings.usage_on_plan_change), settings.expiry_grace_period)
+    return Policy(UsagePolicy(settings.usage_on_plan_change), settings.expiry_grace_period,
+                  settings.low_credit_thresholds)
 
 
 def from_row(row: Sequence[object] | None) -> Policy:
-    """The policy from a stored `(usage_on_plan_change, expiry_grace_seconds)` (None: the
-    built-in defaults)."""
+    """The policy from a stored `(usage_on_plan_change, expiry_grace_seconds
+    [, low_credit_thresholds])` (None: the built-in defaults)."""
     if row is None:
         return Policy()
     usage = UsagePolicy.PRESERVE if row[0] == UsagePolicy.PRESERVE else UsagePolicy.RESET
     seconds = row[1]
     assert isinstance(seconds, int | float | str)
-    return Policy(usage, dt.timedelta(seconds=int(seconds)))
+    stored = row[2] if len(row) > 2 else None
+    low = (thresholds.parse(stored, where="the stored policy's low_credit_thresholds")
+           if isinstance(stored, str) else thresholds.DEFAULT)
+    return Policy(usage, dt.timedelta(seconds=int(seconds)), low)
 
 
 class Numbers(NamedTuple):
@@ -98,6 +104,19 @@ class Change(NamedTuple):
     @property
     def kinds(self) -> str:
         return ",".join(step.kind for step in self.steps)
+
+
+def remaining(credits_total: int, credits_used: int, bonus: int, held: int = 0) -> int:
+    """What can still be spent: plan credits left, plus bonus, minus what open holds keep.
+
+    Never below 0: a plan change can leave holds larger than what is left (they stay valid,
+    and their commit is charged anyway: `usage.draw`)."""
+    return max(plan_left(credits_total, credits_used) + bonus - held, 0)
+
+
+def plan_left(credits_total: int, credits_used: int) -> int:
+    """The period's plan credits not used yet."""
+    return max(credits_total - credits_used, 0)
 
 
 def desired_plan_id(

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import policy
+from creditsync import policy, thresholds
 from creditsync.storage import database, models
 
 _p = models.POLICY
 
 DEFAULT_SOURCE = "built-in defaults (nothing stored yet)"
 ENVIRONMENT_SOURCE = ("environment of `creditsync run` (CREDITSYNC_USAGE_ON_PLAN_CHANGE, "
-                      "CREDITSYNC_EXPIRY_GRACE_PERIOD)")
+                      "CREDITSYNC_EXPIRY_GRACE_PERIOD, CREDITSYNC_LOW_CREDIT_THRESHOLDS)")
 CREDITSYNC_PREFIX = "CreditSync "
 
 
@@ -46,7 +46,8 @@ def read(conn: Connection) -> Effective:
     row = conn.execute(sa.select(_p).where(_p.c.id == 1)).first()
     if row is None:
         return Effective(policy.Policy(), DEFAULT_SOURCE, None)
-    return Effective(policy.from_row((row.usage_on_plan_change, row.expiry_grace_seconds)),
+    return Effective(policy.from_row((row.usage_on_plan_change, row.expiry_grace_seconds,
+                                      row.low_credit_thresholds)),
                      row.source, row.updated_at)
 
 
@@ -72,6 +73,7 @@ def write(conn: Connection, pol: policy.Policy, source: str, now: dt.datetime) -
         return False
     values = {"usage_on_plan_change": pol.usage_on_plan_change,
               "expiry_grace_seconds": int(pol.expiry_grace_period.total_seconds()),
+              "low_credit_thresholds": thresholds.text_of(pol.low_credit_thresholds),
               "source": source[:300], "updated_at": now}
     if found.updated_at is None:
         conn.execute(_p.insert().values(id=1, **values))

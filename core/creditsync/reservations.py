@@ -162,7 +162,7 @@ def _commit(conn: Connection, found: Reservation, amount: int | None, now: dt.da
     settled = _settlement(found, Status.COMMITTED, now, committed=charged)
     if charged:
         usage.charge(conn, row, charged, now=now, correlation_id=found.id,
-                     released=found.amount, then=lambda _taken: settled)
+                     released=found.amount, then=lambda _taken: settled, pol=pol)
     else:
         holds.release(conn, [(found.instance_id, found.amount)])
         conn.execute(settled)

@@ -5,7 +5,9 @@ instance with the stored policy (`policy_store`), under the convergence lock so 
 (operator or standalone) never converge at once. Inbox retries and the expiry of
 reservations past their TTL run more often (every `retry_every`, `frequent`) so a failed
 webhook is not left waiting and an abandoned hold frees its credits soon. An `alerter` gets
-the drift, webhook and degraded alerts of `creditsync.alerts`.
+the drift, webhook and degraded alerts of `creditsync.alerts`. With a `deliverer` (the app's
+webhook URL is configured) a third thread delivers the outbox's events to the app every
+second.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from creditsync import (
     inbox,
     locks,
     marketplace,
+    outbox,
     policy,
     reservations,
 )
@@ -35,6 +38,8 @@ log = logging.getLogger("creditsync.runner")
 
 RunHook = Callable[[convergence.Summary], None]
 AuditHook = Callable[[audit.Report], None]
+DeliveryHook = Callable[[dict[str, int]], None]
+DELIVER_EVERY = dt.timedelta(seconds=1)  # how often the outbox is looked at
 AUDIT_BATCH_S = 30.0  # one audit batch: about this many seconds of marketplace requests
 AUDIT_IDLE_S = 10.0  # how long the audit sleeps when nothing is due
 
@@ -120,6 +125,9 @@ class Runner:
     marketplace: marketplace.Client | None = None  # the periodic audit, when set
     audit_interval: dt.timedelta = dt.timedelta(hours=6)  # 0: no periodic audit
     on_audit: list[AuditHook] = field(default_factory=list)
+    deliverer: outbox.Sender | None = None  # events to the app, when a URL is configured
+    deliver_every: dt.timedelta = DELIVER_EVERY
+    on_deliver: list[DeliveryHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.alerter is not None:
@@ -185,9 +193,27 @@ class Runner:
             busy = report is not None and report.checked > 0
             self.stopping.wait(0 if busy else AUDIT_IDLE_S)
 
+    def deliver(self) -> dict[str, int] | None:
+        """Deliver the outbox's due events (None: another runner is delivering)."""
+        assert self.deliverer is not None
+        outcomes = outbox.deliver_due(self.engine, self.deliverer)
+        if outcomes:
+            for hook in self.on_deliver:
+                hook(outcomes)
+        return outcomes
+
+    def serve_deliveries(self) -> None:
+        """Deliver events to the app every `deliver_every` until `stopping` is set: a thread
+        of its own, so a slow or dead app never holds up convergence."""
+        while not self.stopping.wait(self.deliver_every.total_seconds()):
+            self._guarded(self.deliver, "delivering events to the app")
+
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve, name="creditsync-loop", daemon=True)
         thread.start()
+        if self.deliverer is not None:
+            threading.Thread(target=self.serve_deliveries, name="creditsync-deliver",
+                             daemon=True).start()
         if self.marketplace is not None and self.audit_interval > dt.timedelta(0):
             threading.Thread(target=self.serve_audit, name="creditsync-audit",
                              daemon=True).start()

@@ -12,7 +12,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import convergence, enums, errors, holds, instances, ledger, policy
+from creditsync import (
+    convergence,
+    enums,
+    errors,
+    events,
+    holds,
+    instances,
+    ledger,
+    policy,
+    policy_store,
+)
 from creditsync.storage import database, models
 
 _i = models.INSTANCES
@@ -90,7 +100,7 @@ def consume(
                 remaining_after=left - amount, created_at=now)
 
         taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key,
-                       then=remember)
+                       then=remember, pol=pol)
         return Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
                            left - amount)
 
@@ -130,12 +140,14 @@ def charge(
     conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
     correlation_id: str, released: int = 0,
     then: Callable[[Draw], sa.Insert | sa.Update] | None = None,
+    pol: policy.Policy | None = None,
 ) -> Draw:
     """Charge `amount` to the locked instance `row` (the `draw` order) with its one `usage`
-    ledger row; `released`: held credits freed in the same update (a commit); `then`: a
-    write to make with them, built from the draw (a consume's idempotency row, a
-    reservation's settlement). On PostgreSQL the three are one statement (data-modifying
-    CTEs): one round trip on the hot path."""
+    ledger row and the events to the app it causes (`events.after_spend`); `released`: held
+    credits freed in the same update (a commit); `then`: a write to make with them, built
+    from the draw (a consume's idempotency row, a reservation's settlement). On PostgreSQL
+    the three writes are one statement (data-modifying CTEs): one round trip on the hot
+    path."""
     taken = draw(instances.plan_left(row.credits_total, row.credits_used_month),
                  row.bonus_credits, amount)
     before = instances.numbers_of(row)
@@ -146,16 +158,20 @@ def charge(
         credits_held=_i.c.credits_held - released, version=_i.c.version + 1, updated_at=now)
     entry = _ledger.insert().values(**ledger.entry(
         row.instance_id, enums.LedgerKind.USAGE, before, after, at=now, actor=enums.Actor.APP,
-        correlation_id=correlation_id, reason=None))
+        correlation_id=correlation_id, reason=None)).returning(_ledger.c.id)
     last = then(taken) if then is not None else None
     if database.is_sqlite(conn):
-        for statement in (update, entry, last):
-            if statement is not None:
-                conn.execute(statement)
-    elif last is None:
-        conn.execute(entry.add_cte(update.cte("spent")))
+        conn.execute(update)
+        ledger_id = int(conn.execute(entry).scalar_one())
+        if last is not None:
+            conn.execute(last)
     else:
-        conn.execute(last.add_cte(update.cte("spent"), entry.cte("entry")))
+        written = entry.cte("entry")
+        ctes = [update.cte("spent"), *([last.cte("last")] if last is not None else [])]
+        ledger_id = int(conn.execute(sa.select(written.c.id).add_cte(*ctes)).scalar_one())
+    events.after_spend(conn, row.instance_id, before, after, ledger_id=ledger_id, now=now,
+                       pol=pol if pol is not None else policy_store.load(conn),
+                       armed=(row.low_credits_sent, row.low_credits_period))
     return taken
 
 

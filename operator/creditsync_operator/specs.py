@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from creditsync import config, plans, policy
+from creditsync import config, errors, plans, policy, thresholds
 
 MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_BATCH_SIZE = 100_000
@@ -84,10 +84,17 @@ def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise SpecError(f"spec.{key} must be true or false")
+    low = spec.get("lowCreditThresholds", thresholds.TEXT_DEFAULT)
+    if not isinstance(low, str):
+        raise SpecError("spec.lowCreditThresholds must be a string such as 20%,5%")
+    try:
+        low_credit = thresholds.parse(low, where="spec.lowCreditThresholds")
+    except errors.ConfigError as exc:
+        raise SpecError(str(exc)) from exc
     return SyncSpec(
         interval=interval,
         batch_size=batch,
-        pol=policy.Policy(policy.UsagePolicy(usage), grace),
+        pol=policy.Policy(policy.UsagePolicy(usage), grace, low_credit),
         suspend=flags["suspend"],
         dry_run=flags["dryRun"],
         audit_interval=_audit_interval(spec),

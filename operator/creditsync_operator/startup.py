@@ -4,7 +4,8 @@ kopf is told to keep its state under our own names (`creditsync.io/...` annotati
 the `creditsync.io/finalizer` finalizer), to post only warnings as Events (handlers post
 their own aggregated Events), to share the `creditsync` KopfPeering, and to cap its thread
 pool. The database engine, the alerter and the marketplace client (when
-`CREDITSYNC_WIX_APP_ID` turns the source on) are built once, into `memo`. An outdated schema
+`CREDITSYNC_WIX_APP_ID` turns the source on) and the client of events to the app (when
+`CREDITSYNC_APP_WEBHOOK_URL` is set) are built once, into `memo`. An outdated schema
 stops the operator with the command that fixes it; an unreachable database is retried.
 """
 
@@ -50,6 +51,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         made = factory.Factory.standalone()
         alerter = made.alerter(source=resources.COMPONENT)
         client = made.marketplace_client()
+        deliverer = made.app_webhooks()
     except config.ConfigError as exc:
         raise kopf.PermanentError(str(exc)) from exc
     cfg = made.settings
@@ -64,7 +66,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             f"cannot check the schema at {database.describe(cfg.database_url)}: "
             f"{status.describe_error(exc)}", delay=STARTUP_RETRY) from exc
     memo[state.SHARED] = state.Shared(made, settings.execution.executor, alerter,
-                                      marketplace=client)
+                                      marketplace=client, deliverer=deliverer)
     log.info("operator ready on %s (peering %s, marketplace audit %s)",
              database.describe(cfg.database_url),
              "off" if settings.peering.standalone else settings.peering.name,
@@ -84,3 +86,5 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if found.alerter is not None:
             found.alerter.close(timeout=5)
         _close(found.factory, found.marketplace)
+        if found.deliverer is not None:
+            found.deliverer.close()

@@ -2,9 +2,9 @@
 
 The startup handler puts one `Shared` into the root memo; kopf copies the root memo
 shallowly into every object's memo, so all handlers see the same engine, alerter, catalog
-change counter, instance counts, Kubernetes client and marketplace client (None: the
-marketplace source is off). Per-object state (a loop's schedule)
-lives in that object's own memo.
+change counter, instance counts, Kubernetes client, marketplace client (None: the
+marketplace source is off) and the client of events to the app (None: no URL). Per-object
+state (a loop's schedule) lives in that object's own memo.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TypeVar
 import kopf
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, config, factory, marketplace, reports
+from creditsync import alerts, config, delivery, factory, marketplace, reports
 from creditsync_operator import kube, schedule
 
 log = logging.getLogger("creditsync.operator")
@@ -44,6 +44,7 @@ class Shared:
     alerter: alerts.Alerter | None = None
     connect: Callable[[], kube.StatusApi] = kube.connect  # tests pass a fake
     marketplace: marketplace.Client | None = None  # the periodic audit's; None: source off
+    deliverer: delivery.Client | None = None  # events to the app; None: no URL configured
     plan_generation: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     counts_version: int = 0

@@ -37,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from creditsync import alerts, clock, convergence, inbox, policy_store, runner
+from creditsync import alerts, clock, convergence, inbox, policy_store, runner, thresholds
 from creditsync_operator import (
     conditions,
     events,
@@ -70,8 +70,10 @@ class Outcome:
 def store_policy(shared: state.Shared, spec: specs.SyncSpec, source: str) -> None:
     """Make the spec's policy the one every process converges with (webhooks included)."""
     if policy_store.store(shared.engine, spec.pol, source, clock.utcnow()):
-        log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss", source,
-                 spec.pol.usage_on_plan_change, int(spec.pol.expiry_grace_period.total_seconds()),
+        log.info("policy from %s: usageOnPlanChange %s, expiryGracePeriod %ss, "
+                 "lowCreditThresholds %s", source, spec.pol.usage_on_plan_change,
+                 int(spec.pol.expiry_grace_period.total_seconds()),
+                 thresholds.text_of(spec.pol.low_credit_thresholds),
                  extra={"policy_source": source})
 
 

@@ -102,9 +102,12 @@ def test_metrics(local_api: Api, wrong_key: Any) -> None:
         'creditsync_instance_token_failures_total{reason="anonymous_token"} 1.0',
         'creditsync_inbox_backlog{status="pending"} 0.0',
         "creditsync_drifted_instances 0.0",
+        'creditsync_app_events{status="pending"} 1.0',  # the purchase's plan.changed
+        'creditsync_app_events{status="dead"} 0.0',
     ]:
         assert line in text, line
     assert re.search(r'creditsync_repairs_total\{trigger="manual"\} 0\.0', text)
+    assert re.search(r"creditsync_app_event_oldest_pending_seconds \d", text)
 
 
 # -- refusing to start ----------------------------------------------------------------------

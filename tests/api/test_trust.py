@@ -132,14 +132,16 @@ def test_the_admin_api_shows_the_stored_policy_and_its_source(local_api: Api) ->
     answer = api.http.get("/api/admin/policy", headers=api.admin)
     assert answer.status_code == 200
     assert answer.json() == {"usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
-                             "expiryGracePeriodSeconds": 0,
+                             "expiryGracePeriodSeconds": 0, "lowCreditThresholds": "20%,5%",
                              "source": policy_store.DEFAULT_SOURCE, "updatedAt": None}
     with database.write(api.engine) as conn:
-        policy_store.write(conn, policy.Policy("Preserve", dt.timedelta(days=1, hours=2)),
+        policy_store.write(conn, policy.Policy("Preserve", dt.timedelta(days=1, hours=2),
+                                               (5000, 250)),
                            policy_store.creditsync_source("billing", "main"), T0)
     found = api.http.get("/api/admin/policy", headers=api.admin).json()
     assert found == {"usageOnPlanChange": "Preserve", "expiryGracePeriod": "1d2h",
-                     "expiryGracePeriodSeconds": 93600, "source": "CreditSync billing/main",
+                     "expiryGracePeriodSeconds": 93600, "lowCreditThresholds": "50%,2.5%",
+                     "source": "CreditSync billing/main",
                      "updatedAt": "2026-01-10T12:00:00Z"}
 
 

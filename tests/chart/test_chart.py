@@ -125,12 +125,12 @@ def test_defaults_render_one_pod_with_the_operator_and_the_api() -> None:
     assert env_of(operator) == {
         "CREDITSYNC_DATABASE_URL": secret, "CREDITSYNC_ALERT_THROTTLE": "15m",
         "CREDITSYNC_USAGE_ON_PLAN_CHANGE": "Reset", "CREDITSYNC_EXPIRY_GRACE_PERIOD": "0s",
-        "CREDITSYNC_BATCH_SIZE": "5000"}
+        "CREDITSYNC_LOW_CREDIT_THRESHOLDS": "20%,5%", "CREDITSYNC_BATCH_SIZE": "5000"}
     assert set(env_of(api)) == {
         "CREDITSYNC_DATABASE_URL", "CREDITSYNC_WIX_PUBLIC_KEY", "CREDITSYNC_APP_SECRET",
         "CREDITSYNC_ADMIN_TOKEN", "CREDITSYNC_INSTANCE_TOKEN_MAX_AGE",
         "CREDITSYNC_USAGE_ON_PLAN_CHANGE", "CREDITSYNC_EXPIRY_GRACE_PERIOD",
-        "CREDITSYNC_BATCH_SIZE"}
+        "CREDITSYNC_LOW_CREDIT_THRESHOLDS", "CREDITSYNC_BATCH_SIZE"}
     assert sorted(find(out, "Secret", "creditsync")["data"]) == [
         "adminToken", "appSecret", "databaseUrl", "wixPublicKey"]
     service = find(out, "Service")
@@ -153,7 +153,8 @@ def test_defaults_render_the_original_plans_and_a_credit_sync() -> None:
     sync = find(out, "CreditSync")
     assert sync["metadata"]["name"] == "creditsync"
     assert sync["spec"] == {"interval": "60s", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                            "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
+                            "expiryGracePeriod": "0s", "lowCreditThresholds": "20%,5%",
+                            "suspend": False, "dryRun": False,
                             "marketplaceAudit": {"interval": "6h"}}
     for m in out:
         if m["apiVersion"] == "creditsync.io/v1alpha1":
@@ -621,6 +622,10 @@ def test_the_schema_rejects_a_bad_plan(tmp_path: Path) -> None:
 
 
 TEMPLATE_ERRORS = [
+    ({"appWebhooks": {"url": "https://app.example.com/hooks"}},
+     "appWebhooks.url is set: set secrets.appWebhookSecret.value (whsec_...), or name a Secret "
+     'holding key "appWebhookSecret" in secrets.appWebhookSecret.existingSecret or '
+     "secrets.existingSecret"),
     ({}, "secrets.databaseUrl: set secrets.databaseUrl.value, or name a Secret holding key "
          '"databaseUrl" in secrets.databaseUrl.existingSecret or secrets.existingSecret'),
     ({"plans": [{"id": "free", "monthlyCredits": 100, "default": True},
@@ -639,6 +644,22 @@ TEMPLATE_ERRORS = [
     ({"serviceAccount": {"create": False}},
      "serviceAccount.name: name the existing ServiceAccount to run as"),
 ]
+
+
+def test_the_operator_delivers_events_to_the_app_with_the_signing_secret() -> None:
+    out = render.render(DEFAULTS, sets=[
+        "appWebhooks.url=https://app.example.com/hooks",
+        "secrets.appWebhookSecret.value=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "creditSync.lowCreditThresholds=50%\\,10%"])
+    operator, api = find(out, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = env_of(operator)
+    assert env["CREDITSYNC_APP_WEBHOOK_URL"] == "https://app.example.com/hooks"
+    assert env["CREDITSYNC_APP_WEBHOOK_SECRET"] == {
+        "secretKeyRef": {"name": "creditsync", "key": "appWebhookSecret"}}
+    assert env["CREDITSYNC_LOW_CREDIT_THRESHOLDS"] == "50%,10%"
+    assert "CREDITSYNC_APP_WEBHOOK_SECRET" not in env_of(api)  # the API only writes events
+    assert find(out, "CreditSync")["spec"]["lowCreditThresholds"] == "50%,10%"
+    assert "appWebhookSecret" in find(out, "Secret", "creditsync")["data"]
 
 
 @pytest.mark.parametrize(("values", "message"), TEMPLATE_ERRORS)

@@ -139,8 +139,9 @@ def test_plans_apply_converges_even_when_the_catalog_is_unchanged(
 def test_policy_show_says_what_is_stored_and_where_it_came_from(db_url: str) -> None:
     shown = json.loads(run(db_url, "policy", "show", "--json", check=True).stdout)
     assert shown == {"usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
-                     "expiryGracePeriodSeconds": 0,
+                     "expiryGracePeriodSeconds": 0, "lowCreditThresholds": "20%,5%",
                      "source": "built-in defaults (nothing stored yet)", "updatedAt": None}
     table = run(db_url, "policy", "show", check=True).stdout
-    assert "usageOnPlanChange  Reset" in table
-    assert "source             built-in defaults (nothing stored yet)" in table
+    assert "usageOnPlanChange    Reset" in table
+    assert "lowCreditThresholds  20%,5%" in table
+    assert "source               built-in defaults (nothing stored yet)" in table

@@ -114,8 +114,8 @@ async def _ingest(pool: Any, incoming: inbox.Incoming, now: dt.datetime,
 
 def _state(engine: Any, prefix: str) -> dict[str, Any]:
     """Everything the two paths write, with event ids replaced by their arrival order."""
-    e, s, i, ledger = (models.WEBHOOK_EVENTS, models.SUBSCRIPTIONS,
-                       models.INSTANCES, models.LEDGER)
+    e, s, i, ledger, out = (models.WEBHOOK_EVENTS, models.SUBSCRIPTIONS,
+                            models.INSTANCES, models.LEDGER, models.OUTBOX)
     like = f"{prefix}%"
     with database.read(engine) as conn:
         inbox_rows = conn.execute(sa.select(e).where(e.c.instance_id.like(like))
@@ -132,4 +132,13 @@ def _state(engine: Any, prefix: str) -> dict[str, Any]:
                         "correlation_id": order.get(row.correlation_id, row.correlation_id)}
                        for row in conn.execute(sa.select(ledger).where(
                            ledger.c.instance_id.like(like)).order_by(ledger.c.id))],
+            # events to the app, each with the kind of the ledger row it names
+            "outbox": [(row.instance_id, row.type, row.status, row.created_at,
+                        {**row.payload, "data": {**row.payload["data"], "ledgerId": None}},
+                        row.kind)
+                       for row in conn.execute(
+                           sa.select(out, ledger.c.kind)
+                           .join(ledger, ledger.c.id == out.c.payload["data"]["ledgerId"]
+                                 .as_integer(), isouter=True)
+                           .where(out.c.instance_id.like(like)).order_by(out.c.seq))],
         }

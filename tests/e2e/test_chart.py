@@ -349,7 +349,7 @@ def test_the_operator_converges_as_the_chart_service_account(release: Release) -
     assert set(operator.env) - {"PATH", "HOME", "LANG", "KUBECONFIG"} == {
         "CREDITSYNC_DATABASE_URL", "CREDITSYNC_ALERT_WEBHOOK_URL", "CREDITSYNC_ALERT_THROTTLE",
         "CREDITSYNC_USAGE_ON_PLAN_CHANGE", "CREDITSYNC_EXPIRY_GRACE_PERIOD",
-        "CREDITSYNC_BATCH_SIZE"}
+        "CREDITSYNC_LOW_CREDIT_THRESHOLDS", "CREDITSYNC_BATCH_SIZE"}
     # its Kubernetes credentials are the projected volume's: a token bound to the chart's
     # ServiceAccount (not the static one the test's kubectl uses), the cluster's CA
     token_dir = operator.mounts[kubelet.SERVICE_ACCOUNT_DIR]

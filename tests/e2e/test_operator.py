@@ -49,6 +49,7 @@ from tests.support import database as database_helpers
 from tests.support import waiting
 from tests.support.kubecluster import KubeCluster, kubectl
 from tests.support.postgres import PostgresCluster, free_port
+from tests.support.receiver import AppReceiver
 from tests.support.sinks import HttpSink, SmtpSink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -75,6 +76,7 @@ class System:
     log_dir: Path
     env: dict[str, str]
     operators: list[OperatorProcess]
+    app: AppReceiver
 
     # ---- waiting --------------------------------------------------------------------
 
@@ -212,17 +214,19 @@ def system(kube: KubeCluster, pg: PostgresCluster,
 
     api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(kube.admin_kubeconfig))
-    with HttpSink() as http, SmtpSink() as smtp, api:
+    with HttpSink() as http, SmtpSink() as smtp, AppReceiver() as app, api:
         env = {
             "KUBECONFIG": str(sa_config),
             "CREDITSYNC_DATABASE_URL": url,
             "CREDITSYNC_ALERT_WEBHOOK_URL": http.url,
             "CREDITSYNC_ALERT_SMTP_URL": smtp.url(),
             "CREDITSYNC_ALERT_THROTTLE": "1s",
+            "CREDITSYNC_APP_WEBHOOK_URL": app.url,
+            "CREDITSYNC_APP_WEBHOOK_SECRET": app.secret,
         }
         system = System(kube, engine, url, pg, kubernetes.client.CustomObjectsApi(api),
                         kubernetes.client.CoreV1Api(api), http, smtp,
-                        tmp_path_factory.mktemp("operators"), env, [])
+                        tmp_path_factory.mktemp("operators"), env, [], app)
         system.start_operator("operator-1", "--liveness", LIVENESS)
         try:
             yield system
@@ -253,17 +257,19 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
     assert "spec.monthlyCredits in body should be greater than or equal to 0" in out.stderr
     assert 'spec.aliases[1]: Duplicate value: "x"' in out.stderr
     bad_sync = ("apiVersion: creditsync.io/v1alpha1\nkind: CreditSync\nmetadata: {name: bad}\n"
-                "spec: {interval: 5 minutes, usageOnPlanChange: Keep, batchSize: 0}\n")
+                "spec: {interval: 5 minutes, usageOnPlanChange: Keep, batchSize: 0, "
+                "lowCreditThresholds: lots}\n")
     out = kubectl(system.cluster, "-n", NS, "apply", "-f", "-", input=bad_sync)
     assert out.returncode != 0
     assert "spec.interval in body should match" in out.stderr
+    assert "spec.lowCreditThresholds in body should match" in out.stderr
     assert 'spec.usageOnPlanChange: Unsupported value: "Keep"' in out.stderr
     assert "spec.batchSize in body should be greater than or equal to 1" in out.stderr
     # defaults come from the schema
     spec = system.sync()["spec"]
     assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                    "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
-                    "marketplaceAudit": {"interval": "6h"}}
+                    "expiryGracePeriod": "0s", "lowCreditThresholds": "20%,5%",
+                    "suspend": False, "dryRun": False, "marketplaceAudit": {"interval": "6h"}}
 
 
 def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
@@ -377,6 +383,29 @@ def test_a_credit_change_reaches_every_instance_on_the_plan(system: System) -> N
     assert system.events("pro", "CatalogUpdated")
     rows_out = table(system.kubectl("get", "creditplans", "pro"))
     assert rows_out[1][:3] == ["pro", "6000", "20"]
+
+
+def test_the_operator_delivers_the_repairs_to_the_app_signed_and_in_order(
+    system: System,
+) -> None:
+    """The start-up run's and the plan change's repairs were written as credits.repaired
+    events in their batches' transactions; the operator's `deliver` daemon sends them."""
+    out = models.OUTBOX
+    with database.read(system.engine) as conn:
+        written = conn.execute(sa.select(out.c.id, out.c.instance_id, out.c.type)
+                               .order_by(out.c.seq)).all()
+    assert len([row for row in written if row.type == "credits.repaired"]) >= 60
+    system.wait("every event delivered", lambda: {a.webhook_id for a in system.app.accepted}
+                >= {row.id for row in written}, timeout=60)
+    assert all(a.verified for a in system.app.attempts)
+    sent = [a.webhook_id for a in system.app.accepted]
+    for instance in {row.instance_id for row in written}:
+        mine = [row.id for row in written if row.instance_id == instance]
+        assert [i for i in sent if i in mine] == mine  # in order per instance
+    generation = system.patch("creditsyncs", "creditsync", {"lowCreditThresholds": "50%"})
+    system.wait("the operator storing the thresholds", lambda: (
+        policy_store.current(system.engine).policy.low_credit_thresholds == (5000,)
+        and system.sync()["status"]["observedGeneration"] == generation))
 
 
 def test_an_invalid_plan_is_rejected_with_an_event_and_a_condition(system: System) -> None:

@@ -40,10 +40,20 @@ def test_intervals(text: str, seconds: int) -> None:
     ({"batchSize": True}, "spec.batchSize must be an integer"),
     ({"usageOnPlanChange": "Keep"}, "spec.usageOnPlanChange must be one of Reset, Preserve"),
     ({"dryRun": "yes"}, "spec.dryRun must be true or false"),
+    ({"lowCreditThresholds": 20}, "spec.lowCreditThresholds must be a string such as 20%,5%"),
+    ({"lowCreditThresholds": "120%"},
+     "spec.lowCreditThresholds='120%': '120%' is not a percentage between 0 and 100"),
 ])
 def test_bad_specs_say_which_field(spec: dict[str, object], says: str) -> None:
     with pytest.raises(specs.SpecError, match="^" + says.replace("(", r"\(")):
         specs.parse_sync(spec)
+
+
+def test_low_credit_thresholds_go_into_the_stored_policy() -> None:
+    assert specs.parse_sync({}).pol.low_credit_thresholds == (2000, 500)
+    assert specs.parse_sync({"lowCreditThresholds": "50%, 10"}).pol.low_credit_thresholds == (
+        5000, 1000)
+    assert specs.parse_sync({"lowCreditThresholds": "none"}).pol.low_credit_thresholds == ()
 
 
 def test_the_marketplace_audit_runs_every_six_hours_unless_told_otherwise() -> None:

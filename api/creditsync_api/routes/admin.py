@@ -1,4 +1,5 @@
-"""`/api/admin/*`: instances, adjustments, bulk sync, the webhook inbox, and stats.
+"""`/api/admin/*`: instances, adjustments, bulk sync, the webhook inbox, the events to the
+app (deliveries), and stats.
 
 Every route requires `Authorization: Bearer $CREDITSYNC_ADMIN_TOKEN`. Cursors are opaque
 (base64url of the core's page key).
@@ -19,6 +20,7 @@ from creditsync import (
     inbox,
     instances,
     keys,
+    outbox,
     policy_store,
     reports,
     usage,
@@ -172,6 +174,39 @@ def replay(
     were applied, or deliberately changed nothing)."""
     status = inbox.replay(engine, event_id, now=now)
     return schemas.ReplayResult(event_id=event_id, status=cast(schemas.WebhookStatus, status))
+
+
+@router.get("/deliveries", summary="Events to the app and their delivery",
+            response_model=schemas.DeliveryPage, responses=errors.responses(400, 401, 503))
+def list_deliveries(
+    engine: EngineDep,
+    status: Annotated[schemas.DeliveryStatus | None, Query(description="Only this status.")]
+    = None,
+    instance_id: Annotated[str | None, Query(alias="instanceId", max_length=100,
+                                             pattern=schemas.NO_NUL,
+                                             description="Only this instance's.")] = None,
+    limit: Limit = 50,
+    before: deps.Before = None,
+) -> schemas.DeliveryPage:
+    """Newest first, with status (pending, delivered, dead), attempts and last error; counts
+    by status."""
+    page = outbox.list_deliveries(engine, status=status, instance_id=instance_id, limit=limit,
+                                  before=before)
+    return schemas.DeliveryPage(
+        items=[schemas.Delivery.from_core(item) for item in page.items],
+        counts=outbox.counts(engine), next_before=page.next_before)
+
+
+@router.post("/deliveries/{webhook_id}/replay", summary="Send an event to the app again",
+             response_model=schemas.Delivery, responses=errors.responses(401, 404, 409, 503))
+def replay_delivery(
+    webhook_id: Annotated[str, Path(min_length=1, max_length=40, pattern=schemas.NO_NUL)],
+    engine: EngineDep,
+    now: NowDep,
+) -> schemas.Delivery:
+    """A dead (or delivered) event goes out again with the same `webhook-id`, next in its
+    instance's line (409 for one still pending: the loop sends it)."""
+    return schemas.Delivery.from_core(outbox.replay(engine, webhook_id, now=now))
 
 
 @router.get("/stats", summary="Dashboard statistics", response_model=schemas.Stats,

@@ -25,17 +25,21 @@ class Vocabulary(schemas.ApiModel):
     triggers: list[enums.Trigger]
     usage_policies: list[enums.UsagePolicy]
     subscription_statuses: list[enums.SubscriptionStatus]
+    delivery_statuses: list[enums.DeliveryStatus]
+    app_events: list[enums.AppEvent]
 
 
 @router.get("", summary="The names this API answers with", response_model=Vocabulary,
             responses=errors.responses())
 async def vocabulary() -> Vocabulary:
     """Inbox statuses (with the replayable ones and the backlog), ledger kinds, actors,
-    triggers, usage policies and subscription statuses."""
+    triggers, usage policies, subscription statuses, and the events to the app with their
+    delivery statuses."""
     return Vocabulary(
         webhook_statuses=list(enums.EventStatus),
         replayable=[s for s in enums.EventStatus if s in enums.REPLAYABLE],
         backlog=list(enums.BACKLOG), ledger_kinds=list(enums.LedgerKind),
         actors=list(enums.Actor), triggers=list(enums.Trigger),
         usage_policies=list(enums.UsagePolicy),
-        subscription_statuses=list(enums.SubscriptionStatus))
+        subscription_statuses=list(enums.SubscriptionStatus),
+        delivery_statuses=list(enums.DeliveryStatus), app_events=list(enums.AppEvent))

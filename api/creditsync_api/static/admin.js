@@ -1,6 +1,7 @@
 // /admin: sign in with the admin token (sessionStorage: this tab's session only), then the
 // overview charts, instances (filters, search, pages, one instance with its history and a
 // bonus adjustment), bulk sync (dry run first, then apply), the webhook inbox with replay,
+// the events to the app (deliveries) with replay,
 // the marketplace audit (its last run, disagreements per day, the instances the marketplace
 // did not answer for, and a run: dry run first, then apply), and the plan catalog.
 // Everything comes from the admin API.
@@ -14,10 +15,13 @@ import { PALETTE, dayBars, hBars } from "./charts.js";
 const TOKEN_KEY = "creditsync.adminToken";
 const INSTANCES_PAGE = 25;
 const WEBHOOKS_PAGE = 20;
+const DELIVERIES_PAGE = 20;
 const HISTORY_PAGE = 10;
 // inbox statuses come from GET /api/vocabulary (the core's enums), never a copy here
 let STATUSES = [];
 let REPLAYABLE = new Set();
+let DELIVERY_STATUSES = [];
+const DELIVERY_PILLS = { pending: "info", delivered: "ok", dead: "bad" };
 const STATUS_COLORS = { applied: "#1a7f37", duplicate: "#57606a", stale: "#6e5494",
   ignored: "#6a737d", quarantined: "#b35900", failed: "#b3261e", pending: "#0b5cad" };
 const STATUS_PILLS = { applied: "ok", duplicate: "neutral", stale: "neutral", ignored: "neutral",
@@ -124,7 +128,7 @@ async function showApp() {
   $("#app").hidden = false;
   $("#sign-out").hidden = false;
   await refreshPlans();
-  await Promise.all([loadOverview(), loadInstances(0), loadWebhooks(0)]);
+  await Promise.all([loadOverview(), loadInstances(0), loadWebhooks(0), loadDeliveries(0)]);
 }
 
 // -- plans ----------------------------------------------------------------------------------
@@ -707,6 +711,102 @@ async function replay(event, button) {
   keepFocus(null, $("#webhooks-title"));
 }
 
+// -- events to the app ----------------------------------------------------------------------
+
+const deliveryMessages = new Messages($("#deliveries-status"), $("#deliveries-alert"));
+const deliveries = { befores: [null], index: 0, latest: 0 };
+
+function deliveryHint(item) {
+  if (item.status === "delivered" && item.deliveredAt) {
+    return ["Delivered ", timeEl(item.deliveredAt, fmtRelative(item.deliveredAt))];
+  }
+  const parts = [];
+  if (item.lastError) parts.push(item.lastError);
+  if (item.status === "pending" && item.nextAttemptAt) {
+    parts.push(parts.length ? " · next attempt " : "Next attempt ",
+      timeEl(item.nextAttemptAt, fmtRelative(item.nextAttemptAt)));
+  }
+  if (item.status === "dead") parts.push(parts.length ? " · gave up" : "Gave up");
+  return parts;
+}
+
+async function loadDeliveries(index, { userAction = false } = {}) {
+  const status = $("#dl-status").value;
+  const body = $("#deliveries-body");
+  const ticket = ++deliveries.latest;
+  body.setAttribute("aria-busy", "true");
+  $("#deliveries-prev").disabled = $("#deliveries-next").disabled = true;
+  let page;
+  try {
+    page = await call("/api/admin/deliveries", { query: {
+      status, limit: DELIVERIES_PAGE, before: deliveries.befores[index] } });
+  } catch (error) {
+    if (ticket !== deliveries.latest) return;
+    body.setAttribute("aria-busy", "false");
+    explain(error, deliveryMessages, () => loadDeliveries(index, { userAction }));
+    return;
+  }
+  if (ticket !== deliveries.latest) return; // a newer load (another status or page) won
+  deliveries.index = index;
+  deliveries.befores.length = index + 1;
+  if (page.nextBefore) deliveries.befores.push(page.nextBefore);
+
+  const total = DELIVERY_STATUSES.reduce((sum, s) => sum + (page.counts[s] || 0), 0);
+  for (const option of $("#dl-status").options) {
+    const count = option.value ? page.counts[option.value] || 0 : total;
+    option.textContent = `${option.value ? capitalizeFirst(option.value) : "All events"} ` +
+      `(${fmtInt(count)})`;
+  }
+  fill($("#dl-counts"), ["dead", "pending"].map((s) => h("li", {},
+    h("span", { class: `pill ${page.counts[s] ? DELIVERY_PILLS[s] : "neutral"}` },
+      `${capitalizeFirst(s)} ${fmtInt(page.counts[s] || 0)}`))));
+
+  const rows = page.items.map((item) => h("tr", { "data-delivery": item.webhookId,
+    "data-status": item.status },
+  cell("Created", timeEl(item.createdAt, fmtRelative(item.createdAt))),
+  cell("Event", h("code", {}, item.type)),
+  cell("Instance", h("code", {}, item.instanceId)),
+  cell("Status", h("span", { class: `pill ${DELIVERY_PILLS[item.status] || "neutral"}` },
+    item.status)),
+  cell("Attempts", fmtInt(item.attempts)),
+  cell("Details", deliveryHint(item)),
+  h("td", { class: "no-label" }, item.status !== "pending"
+    ? h("button", { type: "button", class: "btn small",
+      "aria-label": `Send ${item.type} for ${item.instanceId} again`,
+      onclick: (click) => replayDelivery(item, click.currentTarget) },
+    item.status === "dead" ? "Replay" : "Send again")
+    : null)));
+  if (!rows.length) {
+    rows.push(h("tr", {}, h("td", { colspan: "7", class: "empty" },
+      status ? `No ${status} events.` : "No events to the app yet.")));
+  }
+  fill(body, h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" }, "Events to the app, newest first"),
+    head(["Created", "Event", "Instance", "Status", "Attempts", "Details",
+      h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions"))]),
+    h("tbody", {}, rows)));
+  body.setAttribute("aria-busy", "false");
+  $("#deliveries-prev").disabled = index === 0;
+  $("#deliveries-next").disabled = !page.nextBefore;
+  $("#deliveries-where").textContent = `Page ${index + 1}`;
+  if (userAction) keepFocus(null, $("#deliveries-title"));
+}
+
+async function replayDelivery(item, button) {
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    await call(`/api/admin/deliveries/${encodeURIComponent(item.webhookId)}/replay`,
+      { method: "POST" });
+    deliveryMessages.show("success", `${item.type} for ${item.instanceId} is queued again ` +
+      `(webhook id ${item.webhookId}): it goes out next in its instance's line.`);
+  } catch (error) {
+    explain(error, deliveryMessages);
+  }
+  await loadDeliveries(deliveries.index);
+  keepFocus(null, $("#deliveries-title"));
+}
+
 // -- marketplace audit ----------------------------------------------------------------------
 
 // What the audit did about a disagreement (the core's AuditAction), as a pill; an action this
@@ -987,6 +1087,18 @@ function wire() {
     () => loadWebhooks(webhooks.index - 1, { userAction: true }));
   $("#webhooks-next").addEventListener("click",
     () => loadWebhooks(webhooks.index + 1, { userAction: true }));
+  $("#dl-status").addEventListener("change", () => {
+    deliveries.befores = [null];
+    loadDeliveries(0);
+  });
+  $("#deliveries-refresh").addEventListener("click", () => {
+    deliveryMessages.clear();
+    loadDeliveries(deliveries.index);
+  });
+  $("#deliveries-prev").addEventListener("click",
+    () => loadDeliveries(deliveries.index - 1, { userAction: true }));
+  $("#deliveries-next").addEventListener("click",
+    () => loadDeliveries(deliveries.index + 1, { userAction: true }));
   $("#audit-form").addEventListener("submit", previewAudit);
   $("#audit-form").addEventListener("change", (event) => {
     if (event.target.name === "scope") scopeChanged();
@@ -1014,6 +1126,9 @@ async function loadVocabulary() {
   const select = $("#wh-status");
   fill(select, h("option", { value: "" }, "All events"), ordered.map((status) =>
     h("option", { value: status }, status.charAt(0).toUpperCase() + status.slice(1))));
+  DELIVERY_STATUSES = words.deliveryStatuses;
+  fill($("#dl-status"), h("option", { value: "" }, "All events"), DELIVERY_STATUSES.map(
+    (status) => h("option", { value: status }, capitalizeFirst(status))));
 }
 
 async function start() {

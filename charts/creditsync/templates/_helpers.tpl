@@ -133,6 +133,8 @@ Secret, whose labels change with every chart version.
   value: {{ .Values.creditSync.usageOnPlanChange | quote }}
 - name: CREDITSYNC_EXPIRY_GRACE_PERIOD
   value: {{ .Values.creditSync.expiryGracePeriod | quote }}
+- name: CREDITSYNC_LOW_CREDIT_THRESHOLDS
+  value: {{ .Values.creditSync.lowCreditThresholds | toString | quote }}
 - name: CREDITSYNC_BATCH_SIZE
   value: {{ .Values.creditSync.batchSize | quote }}
 {{- end }}
@@ -213,4 +215,21 @@ helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{/* The PromQL selector of this release's API metrics (the ServiceMonitor's job). */}}
 {{- define "creditsync.metricsSelector" -}}
 job="{{ include "creditsync.fullname" . }}", namespace="{{ .Release.Namespace }}"
+{{- end }}
+
+{{/*
+The operator's settings of events to the app (none while appWebhooks.url is empty): the URL,
+and the secret that signs them, which must be set with it.
+*/}}
+{{- define "creditsync.appWebhookEnv" -}}
+{{- if .Values.appWebhooks.url }}
+{{- $src := include "creditsync.secretSource" (dict "root" . "name" "appWebhookSecret") | fromJson }}
+{{- if not $src.secret }}
+{{- fail "appWebhooks.url is set: set secrets.appWebhookSecret.value (whsec_...), or name a Secret holding key \"appWebhookSecret\" in secrets.appWebhookSecret.existingSecret or secrets.existingSecret" }}
+{{- end }}
+- name: CREDITSYNC_APP_WEBHOOK_URL
+  value: {{ .Values.appWebhooks.url | quote }}
+{{ include "creditsync.secretEnv" (dict "root" . "envs" (dict
+      "CREDITSYNC_APP_WEBHOOK_SECRET" "appWebhookSecret")) | trim }}
+{{- end }}
 {{- end }}

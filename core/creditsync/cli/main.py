@@ -121,9 +121,10 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     try:
         client = ctx.factory.marketplace_client(
             on_request=None if metrics is None else metrics.marketplace_request)
+        deliverer = ctx.factory.app_webhooks()
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    loop = ctx.factory.runner(alerter=alerter, client=client)
+    loop = ctx.factory.runner(alerter=alerter, client=client, deliverer=deliverer)
     log.info("creditsync running on %s, converging every %ss%s",
              database.describe(ctx.settings.database_url),
              int(ctx.settings.sync_interval.total_seconds()),
@@ -141,6 +142,7 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
         return
     loop.on_run.append(app.state.creditsync.metrics.observe_run)
     loop.on_audit.append(app.state.creditsync.metrics.observe_audit)
+    loop.on_deliver.append(app.state.creditsync.metrics.observe_deliveries)
     thread = loop.start()
     if dev:
         click.echo(serve.dev_banner(host, port))

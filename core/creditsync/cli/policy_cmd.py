@@ -6,13 +6,13 @@ import json
 
 import click
 
-from creditsync import config, policy_store
+from creditsync import config, policy_store, thresholds
 from creditsync.cli.context import Context, pass_context
 
 
 @click.group("policy")
 def group() -> None:
-    """The transition policy (usageOnPlanChange, expiryGracePeriod)."""
+    """The transition policy (usageOnPlanChange, expiryGracePeriod, lowCreditThresholds)."""
 
 
 @group.command("show")
@@ -24,17 +24,20 @@ def show(ctx: Context, as_json: bool) -> None:
     ctx.require_schema()
     found = policy_store.current(ctx.engine)
     grace = config.format_duration(found.policy.expiry_grace_period)
+    low = thresholds.text_of(found.policy.low_credit_thresholds)
     if as_json:
         click.echo(json.dumps({
             "usageOnPlanChange": found.policy.usage_on_plan_change,
             "expiryGracePeriod": grace,
             "expiryGracePeriodSeconds": int(found.policy.expiry_grace_period.total_seconds()),
+            "lowCreditThresholds": low,
             "source": found.source,
             "updatedAt": found.updated_at.isoformat() if found.updated_at else None,
         }))
         return
-    click.echo(f"usageOnPlanChange  {found.policy.usage_on_plan_change}\n"
-               f"expiryGracePeriod  {grace}\n"
-               f"source             {found.source}"
-               + (f"\nupdated            {found.updated_at:%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(f"usageOnPlanChange    {found.policy.usage_on_plan_change}\n"
+               f"expiryGracePeriod    {grace}\n"
+               f"lowCreditThresholds  {low}\n"
+               f"source               {found.source}"
+               + (f"\nupdated              {found.updated_at:%Y-%m-%d %H:%M:%S} UTC"
                   if found.updated_at else ""))

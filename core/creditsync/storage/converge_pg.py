@@ -2,7 +2,8 @@
 
 The batch is streamed with `COPY` into two session-local tables; one statement applies it:
 a version-guarded `UPDATE … FROM` whose `RETURNING` feeds the ledger `INSERT`, so only the
-rows actually written get ledger rows.
+rows actually written get ledger rows; it answers the ids written and the ledger rows' ids
+(for the batch's events to the app).
 """
 
 from __future__ import annotations
@@ -41,15 +42,18 @@ WITH u AS (
     SELECT """ + _LEDGER_SELECT + """
     FROM converge_ledger e JOIN u ON u.instance_id = e.instance_id
     ORDER BY e.n
+    RETURNING id, instance_id, kind
 )
-SELECT instance_id FROM u
+SELECT instance_id, NULL::bigint, NULL::text FROM u
+UNION ALL SELECT instance_id, id, kind FROM l
 """
 
 
 def apply(
     conn: Connection, changes: Sequence[policy.Change], versions: dict[str, int], now: dt.datetime,
     actor: str, correlation: str,
-) -> set[str]:
+) -> tuple[set[str], dict[tuple[str, str], int]]:
+    """Write `changes`; the ids written, and each step's ledger row by (instance id, kind)."""
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur:
@@ -69,4 +73,11 @@ def apply(
         if len(changes) > 100:  # a big batch: let the planner see it (index probes, no seq scan)
             cur.execute("ANALYZE converge_updates; SET LOCAL work_mem = '64MB'")
         cur.execute(_PG_APPLY, {"at": now, "actor": actor, "correlation_id": correlation})
-        return {row[0] for row in cur.fetchall()}
+        applied: set[str] = set()
+        ids: dict[tuple[str, str], int] = {}
+        for instance_id, ledger_id, kind in cur.fetchall():
+            if ledger_id is None:
+                applied.add(instance_id)
+            else:
+                ids[(instance_id, kind)] = ledger_id
+        return applied, ids

@@ -2,7 +2,8 @@
 
 Straight to the driver: SQLAlchemy's per-row parameter processing would cost more than the
 writes. Each statement sets only the columns its rows change (SQLite rewrites every index
-on a column named in `SET`), guarded by `version`; the ledger rows follow `ledger.COLUMNS`.
+on a column named in `SET`), guarded by `version`; the ledger rows follow `ledger.COLUMNS`,
+and their ids are read back for the batch's events to the app.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _sqlite_value(value: object) -> object:
 def apply(
     conn: Connection, changes: Sequence[policy.Change], versions: dict[str, int], now: dt.datetime,
     actor: str, correlation: str,
-) -> set[str]:
+) -> tuple[set[str], dict[tuple[str, str], int]]:
+    """Write `changes`; the ids written, and each step's ledger row by (instance id, kind)."""
     # Straight to the driver: SQLAlchemy's per-row parameter processing would cost more
     # than the writes. BEGIN IMMEDIATE means no other writer ran since this transaction
     # read the rows, so the version guard cannot fail here; it stays as a safety net.
@@ -49,9 +51,13 @@ def apply(
               c.instance_id, versions[c.instance_id]) for c in group])
         if cursor.rowcount != len(group):
             raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
+    # rowids follow the largest one: inside BEGIN IMMEDIATE the rows after it are this batch's
+    last = raw.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]
     raw.executemany(_SQLITE_LEDGER, [
         tuple(_sqlite_value(v) for v in ledger.row_values(ledger.step_entry(
             c.instance_id, step, at=now, actor=actor, correlation_id=correlation)))
         for c in changes for step in c.steps
     ])
-    return {c.instance_id for c in changes}
+    ids = {(instance_id, kind): ledger_id for ledger_id, instance_id, kind in raw.execute(
+        "SELECT id, instance_id, kind FROM ledger WHERE id > ?", (last,))}
+    return {c.instance_id for c in changes}, ids

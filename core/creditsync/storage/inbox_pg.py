@@ -6,8 +6,9 @@ business identity) before it is acknowledged, then applied in a second transacti
 transaction takes the instance's advisory lock first (`database.INSTANCE_LOCK_SQL`, as every
 path deciding for one instance does), reads the event, subscription, instance, catalog and
 policy in one statement, asks the same pure `decision.decide()`, and writes its answer in
-one statement. This module only reads and writes rows, on psycopg's async pool with
-pipelined statements; a property test checks both paths give the same results.
+one statement (its ledger rows and their events to the app included). This module only
+reads and writes rows, on psycopg's async pool with pipelined statements; a property test
+checks both paths give the same results.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from creditsync import (
     decision,
     enums,
     errors,
+    events,
     inbox,
     ledger,
+    outbox,
     plans,
     policy,
     subscriptions,
@@ -133,6 +136,17 @@ WITH created AS (
         f"{column} {ledger.TYPES[column]}" for column in ledger.VARYING) + """))
     WITH ORDINALITY AS e(""" + ", ".join(ledger.VARYING) + """, n)
     ORDER BY e.n
+    RETURNING id, kind
+), app_events AS (
+    INSERT INTO outbox (id, instance_id, type, payload, created_at, status, attempts,
+        next_attempt_at)
+    SELECT x.id, %(iid)s, x.type, jsonb_set(x.payload, '{data,ledgerId}',
+                                            COALESCE(to_jsonb(entries.id), 'null'))::json,
+        %(now)s, 'pending', 0, %(now)s
+    FROM ROWS FROM (jsonb_to_recordset(%(events)s) AS (id text, type text, payload jsonb))
+    WITH ORDINALITY AS x(id, type, payload, n)
+    LEFT JOIN entries ON entries.kind = x.payload->'data'->>'kind'
+    ORDER BY x.n
 )
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
     next_attempt_at = NULL, applied_at = %(applied_at)s
@@ -336,6 +350,11 @@ def _writes(
         "actor": "webhook",
         "ledger": Jsonb([{k: v for k, v in entry.items() if k not in ledger.FIXED}
                          for entry in rows]),
+        # the events to the app; `ledgerId` is filled in from the ledger rows' ids
+        "events": Jsonb([{"id": e["id"], "type": e["type"], "payload": e["payload"]}
+                         for e in outbox.rows(events.step_events(
+                             [policy.Change(instance_id, made.steps)] if made.steps else [],
+                             {}), now)]),
     }
 
 

@@ -114,6 +114,8 @@ class PolicyRow(Base):
     expiry_grace_seconds: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(300))
     updated_at: Mapped[dt.datetime]
+    # `credits.low` thresholds as `thresholds.format` writes them (None: the defaults)
+    low_credit_thresholds: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
 
@@ -162,6 +164,10 @@ class Instance(Base):
     # when the marketplace was last asked about it (None: never, first in the audit's line)
     last_audited_at: Mapped[dt.datetime | None]
     last_audit_error: Mapped[str | None] = mapped_column(Text)  # the marketplace's, if any
+    # the `credits.low` thresholds (basis points, comma-separated) already sent in the
+    # period that started at `low_credits_period`: written with the spend that sends one
+    low_credits_sent: Mapped[str | None] = mapped_column(String(200))
+    low_credits_period: Mapped[dt.datetime | None]
 
     __table_args__ = (
         Index("ix_instances_period_end", "period_end"),
@@ -299,6 +305,32 @@ class Reservation(Base):
     )
 
 
+class OutboxEvent(Base):
+    """An event to the app (Standard Webhooks), written in the transaction of its change.
+
+    `seq` orders an instance's events; `id` is the `webhook-id`, the same on every retry.
+    """
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    instance_id: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_outbox_instance_id_seq", "instance_id", "seq"),
+    )
+
+
 def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -322,3 +354,4 @@ SYNC_RUNS = _table(SyncRun)
 USAGE_REQUESTS = _table(UsageRequest)
 SERVICE_KEYS = _table(ServiceKey)
 RESERVATIONS = _table(Reservation)
+OUTBOX = _table(OutboxEvent)
