@@ -290,6 +290,8 @@ class HistoryEntry(ApiModel):
     bonus_before: int
     bonus_after: int
     reason: str | None
+    grant_id: str | None = Field(default=None, description="The grant this row changed "
+                                 "(a grant made, expired, voided or rolled over).")
 
     @classmethod
     def from_core(cls, entry: instances.HistoryEntry) -> Self:

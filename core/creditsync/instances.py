@@ -58,6 +58,7 @@ class HistoryEntry:
     bonus_before: int
     bonus_after: int
     reason: str | None
+    grant_id: str | None = None  # the grant this row changed, if one
 
 
 def remaining(credits_total: int, credits_used: int, bonus: int) -> int:

@@ -1,7 +1,11 @@
 """Replay the ledger: each row's "before" must equal the previous row's "after", and the
-last "after" must equal the instance's current numbers."""
+last "after" must equal the instance's current numbers; and every grant's `remaining` must be
+what the ledger's rows that name it (`grant_id`) and its draws (`ledger_grant_draws`) add up
+to, with `bonus_credits` the sum over the live grants."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -48,4 +52,49 @@ def assert_ledger_replays(engine: Engine, *, chain: bool = True) -> int:
         assert state.get(instance_id) == numbers, (
             f"{instance_id}: ledger replays to {state.get(instance_id)}, instance has {numbers}"
         )
+    _assert_grants_replay(engine, rows)
     return len(rows)
+
+
+def _assert_grants_replay(engine: Engine, rows: list[sa.Row[Any]]) -> None:
+    grants, draws, inst = models.GRANTS, models.LEDGER_GRANT_DRAWS, models.INSTANCES
+    with database.read(engine) as conn:
+        stored = {g.id: g for g in conn.execute(sa.select(grants))}
+        parts: dict[int, list[tuple[str, int]]] = {}
+        for d in conn.execute(sa.select(draws)):
+            parts.setdefault(d.ledger_id, []).append((d.grant_id, d.amount))
+        bonus = dict(conn.execute(sa.select(inst.c.instance_id, inst.c.bonus_credits)).all())
+    # a migration grant holds what the ledger recorded as bonus before grants existed
+    replayed = {g.id: g.amount if g.source == "migration" else 0 for g in stored.values()}
+    for row in rows:
+        delta = row.bonus_after - row.bonus_before
+        drawn = parts.pop(row.id, [])
+        if row.grant_id is not None:
+            assert not drawn, f"ledger row {row.id} names a grant and has draws"
+            assert row.grant_id in stored, f"ledger row {row.id}: no grant {row.grant_id}"
+            replayed[row.grant_id] += delta
+        elif drawn:
+            assert sum(a for _, a in drawn) == -delta, (
+                f"ledger row {row.id}: draws {drawn} do not add up to {-delta}")
+            for grant_id, amount in drawn:
+                assert amount > 0, f"ledger row {row.id}: a draw of {amount}"
+                replayed[grant_id] -= amount
+        else:
+            assert delta == 0, (
+                f"ledger row {row.id} ({row.kind}) changes the bonus by {delta} "
+                "without naming a grant")
+    assert not parts, f"draws of no ledger row: {parts}"
+    live: dict[str, int] = {}
+    for grant_id, g in stored.items():
+        assert replayed[grant_id] == g.remaining, (
+            f"grant {grant_id}: the ledger replays to {replayed[grant_id]}, it has "
+            f"{g.remaining}")
+        if g.status == "live":
+            assert g.remaining > 0, f"live grant {grant_id} has nothing left"
+            live[g.instance_id] = live.get(g.instance_id, 0) + g.remaining
+        else:
+            assert g.remaining == 0 and g.ended_at is not None, (
+                f"{g.status} grant {grant_id}: remaining {g.remaining}")
+    for instance_id, held in bonus.items():
+        assert live.get(instance_id, 0) == held, (
+            f"{instance_id}: bonus_credits {held}, live grants hold {live.get(instance_id, 0)}")
