@@ -17,7 +17,6 @@ where a `grant.expired` event is written (in the same transaction) once the outb
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from creditsync import enums, errors, instances, ledger, policy
-from creditsync.storage import database, models
+from creditsync.storage import database, grant_rows, models
 
 _g = models.GRANTS
 _i = models.INSTANCES
@@ -36,7 +35,9 @@ _draws = models.LEDGER_GRANT_DRAWS
 Status = enums.GrantStatus
 Source = enums.GrantSource
 
-DEFAULT_PRIORITY = 50
+DEFAULT_PRIORITY = grant_rows.DEFAULT_PRIORITY
+new_id = grant_rows.new_id
+rollover_key = grant_rows.rollover_key
 MAX_AMOUNT = 10**12  # per grant: keeps every sum far inside a 64-bit integer
 MAX_REASON = 500
 MAX_KEY = 200
@@ -99,11 +100,6 @@ class Ended:
 
 def _grant(row: sa.Row[Any]) -> Grant:
     return Grant(**{name: getattr(row, name) for name in Grant.__dataclass_fields__})
-
-
-def new_id() -> str:
-    """An unguessable grant id."""
-    return f"grt_{secrets.token_urlsafe(16)}"
 
 
 def validate(

@@ -3,7 +3,8 @@
 Once at start-up, then every `interval`: retry due inbox events and converge every
 instance with the stored policy (`policy_store`), under the convergence lock so two runners
 (operator or standalone) never converge at once. Inbox retries run more often (every
-`retry_every`) so a failed webhook is not left waiting. An `alerter` gets the drift,
+`retry_every`) so a failed webhook is not left waiting; so do grant expiries
+(`expire_grants`), so a grant's remainder leaves within seconds of its `expiresAt`. An `alerter` gets the drift,
 webhook and degraded alerts of `creditsync.alerts`.
 """
 
@@ -17,7 +18,18 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from creditsync import alerts, audit, clock, convergence, enums, inbox, locks, marketplace, policy
+from creditsync import (
+    alerts,
+    audit,
+    clock,
+    convergence,
+    enums,
+    grants,
+    inbox,
+    locks,
+    marketplace,
+    policy,
+)
 
 log = logging.getLogger("creditsync.runner")
 
@@ -33,6 +45,16 @@ def retry_inbox(engine: Engine) -> dict[str, int]:
     if outcomes:
         log.info("retried inbox events: %s", outcomes, extra={"outcomes": outcomes})
     return outcomes
+
+
+def expire_grants(engine: Engine) -> list[grants.Ended]:
+    """Expire the live grants whose `expiresAt` has come; what expired (where a
+    `grant.expired` event is written, once the outbox exists)."""
+    expired = grants.expire_due(engine, clock.utcnow())
+    if expired:
+        log.info("expired %d grants (%d credits)", len(expired),
+                 sum(e.amount for e in expired), extra={"expired_grants": len(expired)})
+    return expired
 
 
 def guarded_run(
@@ -56,6 +78,7 @@ def guarded_run(
             return None
         if not dry_run:
             retry_inbox(engine)
+            expire_grants(engine)
         return convergence.converge(engine, trigger=trigger, actor=actor, pol=pol,
                                     batch_size=batch_size, dry_run=dry_run)
 
@@ -111,6 +134,11 @@ class Runner:
     def retry_inbox(self) -> dict[str, int]:
         return retry_inbox(self.engine)
 
+    def frequent(self) -> None:
+        """The step run every `retry_every`: due inbox retries, then due grant expiries."""
+        self._guarded(self.retry_inbox, "inbox retry")
+        self._guarded(lambda: expire_grants(self.engine), "grant expiry")
+
     def _guarded(self, action: Callable[[], object], what: str) -> None:
         try:
             action()
@@ -129,7 +157,7 @@ class Runner:
                 self._guarded(lambda: self.converge("timer"), "timer convergence")
                 next_run = clock.utcnow() + self.interval
             else:
-                self._guarded(self.retry_inbox, "inbox retry")
+                self.frequent()
 
     def audit_due(self) -> audit.Report | None:
         """One batch of the periodic audit: instances not checked for `audit_interval`."""

@@ -5,6 +5,7 @@ to, with `bonus_credits` the sum over the live grants."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,17 +14,24 @@ from sqlalchemy.engine import Engine
 from creditsync.storage import database, models
 
 
-def assert_ledger_replays(engine: Engine, *, chain: bool = True) -> int:
-    """Check every instance; returns how many ledger rows were replayed.
+def assert_ledger_replays(
+    engine: Engine, *, chain: bool = True, instance_id: str | None = None
+) -> int:
+    """Check every instance (or only `instance_id`); returns how many ledger rows were
+    replayed.
 
     `chain=False` for tests that edit instances behind creditsync's back: such edits
     leave no ledger row, so only the final numbers can be compared.
     """
     ledger = models.LEDGER
     inst = models.INSTANCES
+    rows_q, inst_q = sa.select(ledger), sa.select(inst)
+    if instance_id is not None:
+        rows_q = rows_q.where(ledger.c.instance_id == instance_id)
+        inst_q = inst_q.where(inst.c.instance_id == instance_id)
     with database.read(engine) as conn:
-        rows = conn.execute(sa.select(ledger).order_by(ledger.c.instance_id, ledger.c.id)).all()
-        current = {r.instance_id: r for r in conn.execute(sa.select(inst))}
+        rows = conn.execute(rows_q.order_by(ledger.c.instance_id, ledger.c.id)).all()
+        current = {r.instance_id: r for r in conn.execute(inst_q)}
     state: dict[str, tuple[object, ...]] = {}
     for row in rows:
         before = (
@@ -42,28 +50,38 @@ def assert_ledger_replays(engine: Engine, *, chain: bool = True) -> int:
             row.credits_used_after,
             row.bonus_after,
         )
-    for instance_id, inst_row in current.items():
+    for name, inst_row in current.items():
         numbers = (
             inst_row.plan_id,
             inst_row.credits_total,
             inst_row.credits_used_month,
             inst_row.bonus_credits,
         )
-        assert state.get(instance_id) == numbers, (
-            f"{instance_id}: ledger replays to {state.get(instance_id)}, instance has {numbers}"
+        assert state.get(name) == numbers, (
+            f"{name}: ledger replays to {state.get(name)}, instance has {numbers}"
         )
-    _assert_grants_replay(engine, rows)
+    _assert_grants_replay(engine, rows, instance_id)
     return len(rows)
 
 
-def _assert_grants_replay(engine: Engine, rows: list[sa.Row[Any]]) -> None:
+def _assert_grants_replay(
+    engine: Engine, rows: Sequence[sa.Row[Any]], instance_id: str | None
+) -> None:
     grants, draws, inst = models.GRANTS, models.LEDGER_GRANT_DRAWS, models.INSTANCES
+    grants_q = sa.select(grants)
+    draws_q = sa.select(draws)
+    bonus_q = sa.select(inst.c.instance_id, inst.c.bonus_credits)
+    if instance_id is not None:
+        grants_q = grants_q.where(grants.c.instance_id == instance_id)
+        draws_q = draws_q.where(draws.c.grant_id.in_(
+            sa.select(grants.c.id).where(grants.c.instance_id == instance_id)))
+        bonus_q = bonus_q.where(inst.c.instance_id == instance_id)
     with database.read(engine) as conn:
-        stored = {g.id: g for g in conn.execute(sa.select(grants))}
+        stored = {g.id: g for g in conn.execute(grants_q)}
         parts: dict[int, list[tuple[str, int]]] = {}
-        for d in conn.execute(sa.select(draws)):
+        for d in conn.execute(draws_q):
             parts.setdefault(d.ledger_id, []).append((d.grant_id, d.amount))
-        bonus = dict(conn.execute(sa.select(inst.c.instance_id, inst.c.bonus_credits)).all())
+        bonus = dict(conn.execute(bonus_q).all())
     # a migration grant holds what the ledger recorded as bonus before grants existed
     replayed = {g.id: g.amount if g.source == "migration" else 0 for g in stored.values()}
     for row in rows:

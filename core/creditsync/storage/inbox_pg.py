@@ -37,7 +37,7 @@ from creditsync import (
     policy,
     subscriptions,
 )
-from creditsync.storage import database
+from creditsync.storage import database, grant_rows
 
 Status = enums.EventStatus
 
@@ -83,7 +83,9 @@ WITH ev AS (
 SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.expires_at,
     ev.status,
     (SELECT json_agg(json_build_array(p.id, p.monthly_credits, p.aliases, p.display_name,
-                                      p.is_default) ORDER BY p.monthly_credits, p.id)
+                                      p.is_default, p.rollover_max_credits,
+                                      p.rollover_expires_after_s)
+                     ORDER BY p.monthly_credits, p.id)
      FROM plans p),
     (SELECT json_build_array(usage_on_plan_change, expiry_grace_seconds) FROM policy),
     sub.plan_id, sub.status, sub.expires_at, sub.rev, sub.source_time,
@@ -92,6 +94,10 @@ SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.expir
 FROM ev LEFT JOIN sub ON true LEFT JOIN inst ON true
 """
 
+_GRANT_TYPES = {"id": "text", "instance_id": "text", "amount": "bigint", "remaining": "bigint",
+                "priority": "int", "expires_at": "timestamptz", "reason": "text",
+                "source": "text", "idempotency_key": "text", "status": "text",
+                "created_at": "timestamptz", "ended_at": "timestamptz"}
 # Everything an apply writes, in one statement; the flags say which parts apply. A created
 # instance is inserted with its converged numbers (the reference inserts, then updates).
 _WRITE = """
@@ -107,6 +113,7 @@ WITH created AS (
         plan_id = COALESCE(%(plan)s, plan_id),
         credits_total = COALESCE(%(total)s, credits_total),
         credits_used_month = COALESCE(%(used)s, credits_used_month),
+        bonus_credits = COALESCE(%(bonus)s, bonus_credits),
         period_start = COALESCE(%(start)s, period_start),
         period_end = COALESCE(%(end)s, period_end),
         applied_rev = COALESCE(%(rev)s, applied_rev),
@@ -133,6 +140,12 @@ WITH created AS (
         f"{column} {ledger.TYPES[column]}" for column in ledger.VARYING) + """))
     WITH ORDINALITY AS e(""" + ", ".join(ledger.VARYING) + """, n)
     ORDER BY e.n
+), granted AS (  -- a rollover at the monthly reset, only when the instance was written
+    INSERT INTO grants (""" + ", ".join(grant_rows.COLUMNS) + """)
+    SELECT """ + ", ".join(f"g.{column}" for column in grant_rows.COLUMNS) + """
+    FROM jsonb_to_recordset(%(grants)s) AS g(""" + ", ".join(
+        f"{column} {_GRANT_TYPES[column]}" for column in grant_rows.COLUMNS) + """)
+    WHERE EXISTS (SELECT 1 FROM converged)
 )
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
     next_attempt_at = NULL, applied_at = %(applied_at)s
@@ -316,8 +329,14 @@ def _writes(
     if made.created is not None:
         rows.append(ledger.provision_entry(instance_id, made.created, at=now,
                                            actor=enums.Actor.WEBHOOK, correlation_id=event_id))
-    rows += [ledger.step_entry(instance_id, step, at=now, actor=enums.Actor.WEBHOOK,
-                               correlation_id=event_id) for step in made.steps]
+    made_grants: list[dict[str, Any]] = []  # rollover grants at a monthly reset
+    for step in made.steps:
+        grant_id = None
+        if step.kind == enums.LedgerKind.ROLLOVER:
+            made_grants.append(grant_rows.rollover_row(instance_id, step, now))
+            grant_id = made_grants[-1]["id"]
+        rows.append(ledger.step_entry(instance_id, step, at=now, actor=enums.Actor.WEBHOOK,
+                                      correlation_id=event_id, grant_id=grant_id))
     numbers = final if (created or moved) else None
     return {
         "id": event_id, "iid": instance_id, "now": now, "status": made.status,
@@ -336,11 +355,14 @@ def _writes(
         "actor": "webhook",
         "ledger": Jsonb([{k: v for k, v in entry.items() if k not in ledger.FIXED}
                          for entry in rows]),
+        "grants": Jsonb([{k: v.isoformat() if isinstance(v, dt.datetime) else v
+                          for k, v in row.items()} for row in made_grants]),
     }
 
 
 # `_WRITE`'s parameter -> policy.Numbers field (with a `c_` prefix for a created instance)
 _NUMBER_PARAMS = (("plan", "plan_id"), ("total", "credits_total"), ("used", "credits_used"),
+                  ("bonus", "bonus_credits"),
                   ("start", "period_start"), ("end", "period_end"), ("rev", "applied_rev"))
 
 
@@ -366,7 +388,9 @@ async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
 
 def _catalog(rows: Sequence[Sequence[Any]]) -> plans.Catalog:
     """The catalog from its rows; validated once per distinct content."""
-    key = tuple((r[0], r[1], tuple(r[2] or ()), r[3], r[4]) for r in rows)
+    key = tuple((r[0], r[1], tuple(r[2] or ()), r[3], r[4],
+                 None if r[5] is None or r[6] is None
+                 else plans.Rollover(r[5], dt.timedelta(seconds=r[6]))) for r in rows)
     found = _catalogs.get(key)
     if found is None:
         if not rows:
