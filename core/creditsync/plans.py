@@ -5,12 +5,11 @@ Pure data and validation. Reading and writing the `plans` table is in `catalog`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import datetime as dt
 
 import yaml
 

@@ -4,8 +4,8 @@ Once at start-up, then every `interval`: retry due inbox events and converge eve
 instance with the stored policy (`policy_store`), under the convergence lock so two runners
 (operator or standalone) never converge at once. Inbox retries run more often (every
 `retry_every`) so a failed webhook is not left waiting; so do grant expiries
-(`expire_grants`), so a grant's remainder leaves within seconds of its `expiresAt`. An `alerter` gets the drift,
-webhook and degraded alerts of `creditsync.alerts`.
+(`expire_grants`), so a grant's remainder leaves within seconds of its `expiresAt`. An
+`alerter` gets the drift, webhook and degraded alerts of `creditsync.alerts`.
 """
 
 from __future__ import annotations

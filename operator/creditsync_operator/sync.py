@@ -6,8 +6,8 @@ and the catalog change counter and asks `schedule.decide` whether it is time; so
 `interval`, `suspend` or `dryRun` and a CreditPlan change take effect within a fraction of a
 second, without a restart. When it is time, it runs one guarded convergence (lock, due inbox
 retries, set-based repair) on kopf's thread pool; between runs it retries due inbox events
-and expires due grants every few seconds. It ends as soon as kopf sets `stopped` (SIGTERM, deletion, a peering
-pause).
+and expires due grants every few seconds. It ends as soon as kopf sets `stopped` (SIGTERM,
+deletion, a peering pause).
 
 Not a timer: kopf's timers cannot follow a live `spec.interval`, and a timer ticking fast
 enough to react promptly would log a line per tick ("Timer 'converge' succeeded.") twice a

@@ -3,8 +3,10 @@ monthly rollover on every write path, and no lost or doubled credits under concu
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,8 +24,9 @@ from creditsync import (
     runner,
     usage,
 )
-from creditsync.storage import database, models
+from creditsync.storage import database, models, schema
 from tests.core.helpers import DAY, HOUR, RESET, accept, instance
+from tests.support import database as database_helpers
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
 
@@ -57,7 +60,8 @@ def test_spending_order_is_priority_then_soonest_expiry_then_oldest(engine: Engi
     result = usage.consume(engine, "u", 115, "k", now=T0 + HOUR, pol=RESET)
     assert (result.from_plan, result.from_bonus) == (100, 15)
     left = _remaining(engine, "u")
-    assert left[first.id] == ("spent", 0) and left[soon.id] == ("live", 5)
+    assert left[first.id] == ("spent", 0)
+    assert left[soon.id] == ("live", 5)
     assert instance(engine, "u").bonus_credits == 45
     with database.read(engine) as conn:
         draws = conn.execute(sa.select(models.LEDGER_GRANT_DRAWS.c.grant_id,
@@ -70,10 +74,12 @@ def test_a_negative_adjustment_takes_back_in_spending_order(engine: Engine) -> N
     instances.provision(engine, "u", now=T0, pol=RESET)
     entry = usage.adjust_bonus(engine, "u", 30, "gift", now=T0)  # a grant without expiry
     soon = _grant(engine, "u", 20, expires=T0 + DAY)
-    assert entry.kind == "adjustment" and entry.grant_id is not None
+    assert entry.kind == "adjustment"
+    assert entry.grant_id is not None
     usage.adjust_bonus(engine, "u", -25, "oops", now=T0)
     left = _remaining(engine, "u")
-    assert left[soon.id] == ("spent", 0) and left[entry.grant_id] == ("live", 25)
+    assert left[soon.id] == ("spent", 0)
+    assert left[entry.grant_id] == ("live", 25)
     with pytest.raises(errors.InvalidRequest, match="has 25 bonus credits; taking 26"):
         usage.adjust_bonus(engine, "u", -26, "too much", now=T0)
     assert_ledger_replays(engine)
@@ -84,12 +90,15 @@ def test_a_repeated_key_grants_once_and_other_parameters_conflict(engine: Engine
     first = grants.create(engine, "u", 40, reason="promo", now=T0, idempotency_key="p1")
     again = grants.create(engine, "u", 40, reason="promo", now=T0 + HOUR,
                           idempotency_key="p1")
-    assert again.replayed and again.grant.id == first.grant.id and not first.replayed
+    assert again.replayed
+    assert again.grant.id == first.grant.id
+    assert not first.replayed
     with pytest.raises(errors.Conflict, match="idempotencyKey 'p1' was first used") as exc:
         grants.create(engine, "u", 41, reason="promo", now=T0, idempotency_key="p1")
     assert exc.value.code == "idempotency_key_reused"
     assert instance(engine, "u").bonus_credits == 40
-    assert first.grant.id.startswith("grt_") and len(first.grant.id) > 20
+    assert first.grant.id.startswith("grt_")
+    assert len(first.grant.id) > 20
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -271,10 +280,8 @@ def test_concurrent_consumes_grants_and_voids_never_lose_or_double_spend(
                 with lock:
                     chosen = made[len(made) // 2] if made else None
                 if chosen is not None:
-                    try:
+                    with contextlib.suppress(errors.Conflict):
                         grants.void(engine, "u", chosen, now=T0)
-                    except errors.Conflict:
-                        pass
         except BaseException as exc:
             failures.append(exc)
 
@@ -291,5 +298,40 @@ def test_concurrent_consumes_grants_and_voids_never_lose_or_double_spend(
             models.LEDGER.c.bonus_before - models.LEDGER.c.bonus_after), 0)).where(
             models.LEDGER.c.kind == "grant_voided")).scalar_one()
     # every credit (100 plan, 200 granted) is spent, voided or still there; none twice
-    assert 300 == spent[0] + int(voided) + row.bonus_credits + (100 - row.credits_used_month)
+    assert spent[0] + int(voided) + row.bonus_credits + (100 - row.credits_used_month) == 300
     assert_ledger_replays(engine)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema at all."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    cluster = request.getfixturevalue("pg")
+    return str(cluster.url(database_helpers.new_pg_database(cluster, template=None)))
+
+
+def test_the_migration_turns_bonus_credits_into_one_grant_each(empty_url: str) -> None:
+    engine = database.create(empty_url)
+    try:
+        schema.upgrade(engine, "0003")
+        with database.write(engine) as conn:  # the instances table is as 0003 left it
+            conn.execute(models.INSTANCES.insert(), [
+                {"instance_id": name, "plan_id": "free", "credits_total": 100,
+                 "bonus_credits": bonus, "credits_used_month": 0, "period_start": T0,
+                 "period_end": T0 + 30 * DAY, "applied_rev": 0, "version": 0,
+                 "created_at": T0, "updated_at": T0} for name, bonus in (("a", 70), ("b", 0))])
+        schema.upgrade(engine)
+        with database.write(engine) as conn:
+            catalog.seed(conn, None, T0)
+        with database.read(engine) as conn:
+            made = grants.listing_in(conn, "a")
+            assert grants.listing_in(conn, "b") == []
+        assert [(g.amount, g.remaining, g.source, g.status, g.expires_at) for g in made] == [
+            (70, 70, "migration", "live", None)]
+        assert made[0].id.startswith("grt_")
+        usage.consume(engine, "a", 120, "k", now=T0 + HOUR, pol=RESET)  # spends the grant
+        assert instance(engine, "a").bonus_credits == 50
+        assert_ledger_replays(engine, chain=False, instance_id="a")  # rows since 0006
+    finally:
+        engine.dispose()

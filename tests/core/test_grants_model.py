@@ -142,7 +142,8 @@ class Grants(RuleBasedStateMachine):
         if key is not None:  # the same key again grants nothing more
             again = grants.create(self.engine, self.name, amount, reason="test", now=self.now,
                                   priority=priority, expires_at=expires, idempotency_key=key)
-            assert again.replayed and again.grant.id == made.grant.id
+            assert again.replayed
+            assert again.grant.id == made.grant.id
             with pytest.raises(errors.Conflict):
                 grants.create(self.engine, self.name, amount + 1, reason="test",
                               now=self.now, priority=priority, expires_at=expires,
@@ -162,7 +163,8 @@ class Grants(RuleBasedStateMachine):
         plan_left = max(CREDITS[self.plan] - self.used, 0)
         bonus = sum(g.remaining for g in self.live())
         if amount > plan_left + bonus:
-            assert refused is not None and refused.remaining == plan_left + bonus
+            assert refused is not None
+            assert refused.remaining == plan_left + bonus
             self.restore(state)  # the refusal rolled the reset and the expiries back
             return
         assert refused is None

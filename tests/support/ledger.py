@@ -111,8 +111,8 @@ def _assert_grants_replay(
             assert g.remaining > 0, f"live grant {grant_id} has nothing left"
             live[g.instance_id] = live.get(g.instance_id, 0) + g.remaining
         else:
-            assert g.remaining == 0 and g.ended_at is not None, (
-                f"{g.status} grant {grant_id}: remaining {g.remaining}")
+            assert g.remaining == 0, f"{g.status} grant {grant_id}: remaining {g.remaining}"
+            assert g.ended_at is not None, f"{g.status} grant {grant_id} has no ended_at"
     for instance_id, held in bonus.items():
         assert live.get(instance_id, 0) == held, (
             f"{instance_id}: bonus_credits {held}, live grants hold {live.get(instance_id, 0)}")
