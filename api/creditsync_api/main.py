@@ -23,6 +23,7 @@ from creditsync_api.routes import (
     billing,
     credits,
     docs,
+    grants,
     health,
     pages,
     plans,
@@ -35,7 +36,8 @@ POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
 ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
 ROUTERS = (webhooks.router, provision.router, billing.router, credits.router, admin.router,
-           health.router, plans.router, vocabulary.router, pages.router, docs.router)
+           grants.router, health.router, plans.router, vocabulary.router, pages.router,
+           docs.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.
