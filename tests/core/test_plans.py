@@ -45,7 +45,7 @@ def test_aliases_resolve_marketplace_product_ids(tmp_path: Path) -> None:
          "plan pro: alias 'x' is already used by plan free"),
         ("plans:\n  - {id: free, monthlyCredits: 100, default: true, credits: 3}\n",
          "plan free: unknown key(s) credits; allowed: aliases, default, displayName, id, "
-         "monthlyCredits"),
+         "monthlyCredits, rollover"),
         ("plans:\n  - {id: free, monthlyCredits: lots, default: true}\n",
          "plan free: monthlyCredits must be an integer, got 'lots'"),
         ("tiers: []\n", "expected a single top-level key `plans` holding a list"),
