@@ -91,7 +91,7 @@ def test_admin_lists_adds_and_voids_grants(page: Page, site: Site, console: Cons
     assert first[0] == "75 of 75"  # priority 0: spent first
     assert first[2] == "From support Beta tester"
     expect(page.locator("#detail-bonus")).to_have_text("1,225")
-    shoot(page, "admin-grants", part=page.locator("#detail"))
+    shoot(page, "admin-grants", part=page.locator("#detail-grants-section"))
 
     live.first.get_by_role("button", name="Void the grant of 75 credits").click()
     expect(page.locator("#detail-status")).to_contain_text(
