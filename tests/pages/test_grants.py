@@ -58,6 +58,8 @@ def test_billing_shows_grants_with_what_is_left_and_rollover_credits(
     expect(rows).to_have_count(3)
     texts = [spoken(rows.nth(n)) for n in range(3)]
     assert [t[0] for t in texts] == ["250 of 250", "800 of 800", "100 of 100"]  # spent order
+    expect(page.locator("#grants-summary")).to_contain_text(
+        "At each monthly reset up to 1,000 unused plan credits roll over, for 30 days.")
     assert texts[1][2:] == ["Rolled over from last period 800 unused plan credits roll over",
                             "Active"]
     assert texts[2][1:] == ["Never", "From support Support ticket 1234", "Active"]

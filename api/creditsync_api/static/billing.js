@@ -14,6 +14,7 @@ const syncLabel = $("#sync-label");
 const syncMessages = new Messages($("#sync-status"), $("#sync-alert"));
 let names = new PlanNames();
 let busy = false;
+let currentPlan = null; // the plan shown on the card: its rollover rule explains the grants
 
 const history = new LedgerPager(
   (limit, before) => api("/api/billing/history", { token, query: { limit, before } }),
@@ -22,6 +23,7 @@ const history = new LedgerPager(
 // -- the card -------------------------------------------------------------------------
 
 function render(credits) {
+  currentPlan = credits.plan;
   const plan = names.label(credits.plan);
   const total = credits.creditsTotal;
   const used = credits.creditsUsed;
@@ -205,6 +207,15 @@ function explain(error, messages, { retry }) {
 
 const grantsMessages = new Messages($("#grants-alert"), $("#grants-alert"));
 
+/** A duration as the API writes it (`30d`, `1d12h`, `90m`) in words: "30 days". */
+function inWords(duration) {
+  const found = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(duration);
+  if (!found) return duration;
+  const units = ["day", "hour", "minute", "second"];
+  return found.slice(1).map((n, k) => (n ? `${fmtInt(Number(n))} ${units[k]}${n === "1" ? "" : "s"}`
+    : null)).filter(Boolean).join(" ") || duration;
+}
+
 /** "320 credits on 2 grants; 200 rolled over from last period, the first expiring Mar 1." */
 function grantsSummary(live) {
   if (!live.length) {
@@ -232,7 +243,10 @@ async function loadGrants() {
     const live = grants.filter((g) => g.status === "live");
     $("#rollover").textContent = fmtInt(live.filter((g) => g.source === "rollover")
       .reduce((sum, g) => sum + g.remaining, 0));
-    $("#grants-summary").textContent = grantsSummary(live);
+    const rule = names.byId.get(currentPlan)?.rollover;
+    $("#grants-summary").textContent = grantsSummary(live) + (rule ? ` At each monthly ` +
+      `reset up to ${fmtInt(rule.maxCredits)} unused plan credits roll over, for ` +
+      `${inWords(rule.expiresAfter)}.` : "");
     fill(body, grants.length ? grantsTable(grants, "Bonus and rolled-over credits") : null);
     fill($("#grants-alert"));
   } catch (error) {
