@@ -1,8 +1,9 @@
 // /admin: sign in with the admin token (sessionStorage: this tab's session only), then the
-// overview charts, instances (filters, search, pages, one instance with its history and a
-// bonus adjustment, its grants with Void and a form to grant more), bulk sync (dry run first, then apply), the webhook inbox with replay,
-// the marketplace audit (its last run, disagreements per day, the instances the marketplace
-// did not answer for, and a run: dry run first, then apply), and the plan catalog.
+// overview charts, instances (filters, search, pages, one instance with its history, a
+// bonus adjustment, its grants with Void and a form to grant more), bulk sync (dry run
+// first, then apply), the webhook inbox with replay, the marketplace audit (its last run,
+// disagreements per day, the instances the marketplace did not answer for, and a run: dry
+// run first, then apply), and the plan catalog.
 // Everything comes from the admin API.
 
 import {
