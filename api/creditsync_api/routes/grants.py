@@ -46,7 +46,7 @@ def create_grant(
 
 
 @router.post("/{grant_id}/void", summary="Void a grant", response_model=schemas.Grant,
-             responses=errors.responses(401, 404, 409, 503))
+             responses=errors.responses(400, 401, 404, 409, 503))
 def void_grant(
     instance_id: InstanceId, grant_id: GrantId, engine: EngineDep, now: NowDep,
     body: schemas.VoidRequest | None = None,
