@@ -100,8 +100,9 @@ class Grants(RuleBasedStateMachine):
             if g.expires_at is not None and g.expires_at <= self.now:
                 g.status, g.remaining = "expired", 0
 
-    def reset_if_due(self) -> None:
-        """The monthly reset, with the plan's rollover of the period's unused credits."""
+    def reset_if_due(self, *, written: bool = True) -> None:
+        """The monthly reset, with the plan's rollover of the period's unused credits
+        (`written` False: the system rolled it back, so there is no grant id to find)."""
         if self.now < self.period_end:
             return
         rule = CATALOG.get(self.plan)
@@ -114,7 +115,7 @@ class Grants(RuleBasedStateMachine):
             amount = min(unused, rule.rollover.max_credits)
             expires = ended + rule.rollover.expires_after
             if amount > 0 and expires > self.now:
-                found = self._new_rollover_grant()
+                found = self._new_rollover_grant() if written else "rolled-back"
                 self.grants[found] = Model(found, amount, amount, grants.DEFAULT_PRIORITY,
                                            expires, self.now)
 
@@ -158,7 +159,7 @@ class Grants(RuleBasedStateMachine):
         except usage.InsufficientCredits as exc:
             refused = exc
         state = self.saved()
-        self.reset_if_due()
+        self.reset_if_due(written=refused is None)
         self.expire()
         plan_left = max(CREDITS[self.plan] - self.used, 0)
         bonus = sum(g.remaining for g in self.live())
