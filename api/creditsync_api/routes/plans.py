@@ -27,6 +27,8 @@ class Rollover(schemas.ApiModel):
     """At the monthly reset, up to `maxCredits` unused plan credits become a grant that
     expires `expiresAfter` after the period's end."""
 
+    model_config = ConfigDict(**{**schemas.ApiModel.model_config, "json_schema_extra": {
+        "examples": [{"maxCredits": 1000, "expiresAfter": "30d"}]}})
     max_credits: int
     expires_after: str
 
