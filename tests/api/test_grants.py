@@ -69,3 +69,19 @@ def test_bad_grants_are_clear_4xx(api: Api) -> None:
     unknown = api.http.post(f"{path}/grt_nope/void", headers=api.admin)
     assert (unknown.status_code, unknown.json()["error"]) == (404, "grant_not_found")
     assert api.http.get(path).status_code == 401
+
+
+def test_the_instance_sees_its_own_grants(api: Api) -> None:
+    inst, other = api.instance("mine"), api.instance("theirs")
+    for name in (inst, other):
+        api.install(name)
+    admin_path = f"/api/admin/instances/{inst}/grants"
+    made = api.http.post(admin_path, headers=api.admin,
+                         json={"amount": 30, "reason": "welcome"}).json()
+    mine = api.http.get("/api/billing/grants", headers=api.auth(inst))
+    assert mine.status_code == 200, mine.text
+    assert [(g["grantId"], g["remaining"], g["expiresAt"]) for g in mine.json()["grants"]] == [
+        (made["grantId"], 30, None)]
+    theirs = api.http.get("/api/billing/grants", headers=api.auth(other)).json()
+    assert theirs == {"grants": []}
+    assert api.http.get("/api/billing/grants").status_code == 401
