@@ -8,11 +8,17 @@ import secrets
 from typing import Any
 
 from creditsync import enums, policy
+from creditsync.storage import models
 
 DEFAULT_PRIORITY = 50
 # the table's columns, in the order the writers insert them
-COLUMNS = ("id", "instance_id", "amount", "remaining", "priority", "expires_at", "reason",
-           "source", "idempotency_key", "status", "created_at", "ended_at")
+COLUMNS = tuple(column.name for column in models.GRANTS.columns)
+# column -> PostgreSQL type, for writers that stage rows in SQL of their own
+TYPES = {"id": "text", "instance_id": "text", "amount": "bigint", "remaining": "bigint",
+         "priority": "int", "expires_at": "timestamptz", "reason": "text", "source": "text",
+         "idempotency_key": "text", "status": "text", "created_at": "timestamptz",
+         "ended_at": "timestamptz"}
+assert set(TYPES) == set(COLUMNS), "grant_rows.TYPES must name every grants column"
 
 
 def new_id() -> str:

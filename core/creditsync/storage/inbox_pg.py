@@ -94,10 +94,6 @@ SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.expir
 FROM ev LEFT JOIN sub ON true LEFT JOIN inst ON true
 """
 
-_GRANT_TYPES = {"id": "text", "instance_id": "text", "amount": "bigint", "remaining": "bigint",
-                "priority": "int", "expires_at": "timestamptz", "reason": "text",
-                "source": "text", "idempotency_key": "text", "status": "text",
-                "created_at": "timestamptz", "ended_at": "timestamptz"}
 # Everything an apply writes, in one statement; the flags say which parts apply. A created
 # instance is inserted with its converged numbers (the reference inserts, then updates).
 _WRITE = """
@@ -144,7 +140,7 @@ WITH created AS (
     INSERT INTO grants (""" + ", ".join(grant_rows.COLUMNS) + """)
     SELECT """ + ", ".join(f"g.{column}" for column in grant_rows.COLUMNS) + """
     FROM jsonb_to_recordset(%(grants)s) AS g(""" + ", ".join(
-        f"{column} {_GRANT_TYPES[column]}" for column in grant_rows.COLUMNS) + """)
+        f"{column} {grant_rows.TYPES[column]}" for column in grant_rows.COLUMNS) + """)
     WHERE EXISTS (SELECT 1 FROM converged)
 )
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
