@@ -29,6 +29,7 @@ const DRIFT_REASONS = {
   plan_change: "a purchase or plan change is waiting to be applied",
   drift_repair: "credits differ from what the plan pays for",
   period_reset: "the monthly reset is due",
+  rollover: "its unused plan credits roll over at that reset",
   expiry: "the paid plan has expired",
   plan_missing: "its plan is missing from the catalog",
 };
