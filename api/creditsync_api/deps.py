@@ -227,3 +227,4 @@ def authorized_for_instance(scope: enums.Scope) -> Callable[..., Awaitable[Calle
 ReaderDep = Annotated[Caller, Depends(authorized_for_instance(enums.Scope.CREDITS_READ))]
 SpenderDep = Annotated[Caller, Depends(authorized_for_instance(enums.Scope.CREDITS_CONSUME))]
 SettlerDep = Annotated[Caller, Depends(authorized(enums.Scope.CREDITS_CONSUME))]
+GranterDep = Annotated[Caller, Depends(authorized_for_instance(enums.Scope.CREDITS_GRANT))]

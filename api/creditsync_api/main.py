@@ -23,6 +23,7 @@ from creditsync_api.routes import (
     billing,
     credits,
     docs,
+    grants,
     health,
     instances,
     pages,
@@ -37,8 +38,8 @@ POOL_SIZE = 8  # the blocking engine: admin, instance endpoints, SQLite webhooks
 ASYNC_POOL_SIZE = 16  # the webhook path on PostgreSQL
 
 ROUTERS = (webhooks.router, provision.router, billing.router, credits.router,
-           instances.router, reservations.router, admin.router, health.router, plans.router,
-           vocabulary.router, pages.router, docs.router)
+           instances.router, reservations.router, admin.router, grants.router, health.router,
+           plans.router, vocabulary.router, pages.router, docs.router)
 
 DESCRIPTION = """\
 Keeps every app instance's credits equal to what its subscription plan pays for.

@@ -17,6 +17,7 @@ from creditsync import (
     config,
     convergence,
     enums,
+    grants,
     instances,
     keys,
     manual,
@@ -299,6 +300,8 @@ class HistoryEntry(ApiModel):
     bonus_before: int
     bonus_after: int
     reason: str | None
+    grant_id: str | None = Field(default=None, description="The grant this row changed "
+                                 "(a grant made, expired, voided or rolled over).")
 
     @classmethod
     def from_core(cls, entry: instances.HistoryEntry) -> Self:
@@ -461,6 +464,80 @@ class AdjustResult(ApiModel):
                             credits={**_CREDITS, "bonusCredits": 500})
     entry: HistoryEntry
     credits: Credits
+
+
+# -- grants ------------------------------------------------------------------------------
+
+_GRANT = {"grantId": "grt_Q2hhbmdlTWVQbGVhc2U", "amount": 500, "remaining": 320,
+          "priority": 50, "expiresAt": "2026-03-01T00:00:00Z", "status": "live",
+          "reason": "spring promotion", "source": "admin", "createdAt": _T0, "endedAt": None}
+
+
+class Grant(ApiModel):
+    """Credits granted beside the plan: spent after the plan credits, by `priority` (lower
+    first), then soonest `expiresAt` (none last), then oldest."""
+
+    model_config = _example(**_GRANT)
+    grant_id: str
+    amount: int = Field(description="What was granted.")
+    remaining: int = Field(description="What is left (0 once spent, expired or voided).")
+    priority: int = Field(description="0 to 100; lower is spent first.")
+    expires_at: dt.datetime | None = Field(description="When the remainder leaves by itself "
+                                                       "(null: never).")
+    status: enums.GrantStatus
+    reason: str
+    source: enums.GrantSource = Field(description="`rollover`: unused plan credits of an "
+                                                  "ended period.")
+    created_at: dt.datetime
+    ended_at: dt.datetime | None
+
+    @classmethod
+    def from_core(cls, grant: grants.Grant) -> Self:
+        return cls(grant_id=grant.id, amount=grant.amount, remaining=grant.remaining,
+                   priority=grant.priority, expires_at=grant.expires_at,
+                   status=enums.GrantStatus(grant.status), reason=grant.reason,
+                   source=enums.GrantSource(grant.source), created_at=grant.created_at,
+                   ended_at=grant.ended_at)
+
+
+class GrantList(ApiModel):
+    """An instance's live grants in spending order, then its newest ended ones."""
+
+    model_config = _example(grants=[_GRANT])
+    grants: list[Grant]
+
+
+class GrantResult(Grant):
+    """The grant made (or, for a repeated `idempotencyKey`, the one made the first time)."""
+
+    model_config = _example(**_GRANT, replayed=False)
+    replayed: bool = Field(default=False, description="The key was seen before: nothing new "
+                                                      "was granted.")
+
+
+class GrantRequest(ApiModel):
+    """Grant credits: `priority` 0 to 100 (lower spent first, default 50), `expiresAt`
+    optional (in the future). A repeated `idempotencyKey` grants once; with different
+    parameters it is a 409."""
+
+    model_config = _config({"amount": 500, "reason": "spring promotion",
+                            "expiresAt": "2026-03-01T00:00:00Z", "priority": 40,
+                            "idempotencyKey": "promo-2026-spring"}, forbid=True)
+    amount: int = Field(ge=1, le=grants.MAX_AMOUNT, strict=True)
+    reason: str = Field(min_length=1, max_length=grants.MAX_REASON,
+                        pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+                        description="Why; recorded in the ledger.")
+    expires_at: dt.datetime | None = Field(default=None, description="With a time zone.")
+    priority: int = Field(default=grants.DEFAULT_PRIORITY, ge=0, le=100, strict=True)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=grants.MAX_KEY,
+                                        pattern=NO_NUL)
+
+
+class VoidRequest(ApiModel):
+    """Void a live grant: its remainder leaves, with a `grant_voided` ledger row."""
+
+    model_config = _config({"reason": "granted by mistake"}, forbid=True)
+    reason: str | None = Field(default=None, max_length=grants.MAX_REASON, pattern=NO_NUL)
 
 
 class SyncRequest(ApiModel):

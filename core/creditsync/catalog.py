@@ -35,9 +35,16 @@ def read_plans(conn: Connection) -> list[plans.Plan]:
     rows = conn.execute(sa.select(_plans).order_by(_plans.c.monthly_credits, _plans.c.id))
     return [
         plans.Plan(row.id, row.monthly_credits, tuple(row.aliases or ()), row.display_name,
-                   row.is_default)
+                   row.is_default, _rollover(row.rollover_max_credits,
+                                             row.rollover_expires_after_s))
         for row in rows
     ]
+
+
+def _rollover(max_credits: int | None, expires_after_s: int | None) -> plans.Rollover | None:
+    if max_credits is None or expires_after_s is None:
+        return None
+    return plans.Rollover(max_credits, dt.timedelta(seconds=expires_after_s))
 
 
 def load(conn: Connection) -> plans.Catalog:
@@ -130,7 +137,10 @@ def _write(
         conn.execute(_plans.delete().where(_plans.c.id == pid))
     rows = [
         {"id": p.id, "monthly_credits": p.monthly_credits, "aliases": list(p.aliases),
-         "display_name": p.display_name, "is_default": p.default, "updated_at": now}
+         "display_name": p.display_name, "is_default": p.default, "updated_at": now,
+         "rollover_max_credits": p.rollover.max_credits if p.rollover else None,
+         "rollover_expires_after_s": (int(p.rollover.expires_after.total_seconds())
+                                      if p.rollover else None)}
         for pid, p in wanted.items() if pid in added or pid in changed
     ]
     if rows:

@@ -73,7 +73,8 @@ def desired(
         sub.expires_at if sub else None, cat.default.id, now, pol.expiry_grace_period)
     known = cat.get(plan_id)
     return policy.Desired(plan_id, known.monthly_credits if known else None,
-                          sub.rev if sub else 0, sub.source_time if sub else None, expired)
+                          sub.rev if sub else 0, sub.source_time if sub else None, expired,
+                          known.rollover if known else None)
 
 
 def decide(

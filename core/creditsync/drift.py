@@ -83,15 +83,17 @@ class Candidate:
     desired: policy.Desired
 
 
-def _candidates(rows: Sequence[Row[Any]]) -> list[Candidate]:
+def _candidates(rows: Sequence[Row[Any]], cat: plans.Catalog) -> list[Candidate]:
     out: list[Candidate] = []
+    rules = {plan.id: plan.rollover for plan in cat.plans}
     for row in rows:
         (instance_id, version, plan_id, total, used, bonus, start, end, applied, rev,
          source_time, expired, desired_plan, desired_credits) = cast("tuple[Any, ...]", row)
         out.append(Candidate(
             instance_id, version,
             policy.Numbers(plan_id, total, used, bonus, start, end, applied),
-            policy.Desired(desired_plan, desired_credits, rev, source_time, bool(expired))))
+            policy.Desired(desired_plan, desired_credits, rev, source_time, bool(expired),
+                           rules.get(desired_plan))))
     return out
 
 
@@ -128,7 +130,7 @@ def drifted_batch(
         if after is not None:
             select = select.where(_i.c.instance_id > after)
     select = select.where(drifted).order_by(_i.c.instance_id).limit(batch_size)
-    return _candidates(conn.execute(select).all())
+    return _candidates(conn.execute(select).all(), cat)
 
 
 def _drift(row: Candidate, now: dt.datetime, pol: policy.Policy) -> Drift:

@@ -41,6 +41,32 @@ class LedgerKind(StrEnum):
     USAGE = "usage"
     ADJUSTMENT = "adjustment"
     EXPIRY = "expiry"
+    # grants (`grants.py`): each row names its grant in `grant_id`, except a draw over
+    # several grants (a consume, a negative adjustment), whose parts are `ledger_grant_draws`
+    GRANT = "grant"  # a grant was made: the bonus grows by its amount
+    GRANT_EXPIRED = "grant_expired"  # a grant's remainder left at its `expiresAt`
+    GRANT_VOIDED = "grant_voided"  # an admin voided a grant: its remainder left
+    ROLLOVER = "rollover"  # at the monthly reset, unused plan credits became a grant
+
+
+class GrantStatus(StrEnum):
+    """Where a grant is: `live` (spendable), or ended: `spent` (nothing left), `expired`
+    (its remainder left at `expiresAt`), `voided` (an admin took its remainder back)."""
+
+    LIVE = "live"
+    SPENT = "spent"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+class GrantSource(StrEnum):
+    """Who made a grant: an admin, the app (a service key), a rollover at the monthly
+    reset, or the migration that turned the old bonus credits into grants."""
+
+    ADMIN = "admin"
+    APP = "app"
+    ROLLOVER = "rollover"
+    MIGRATION = "migration"
 
 
 class Actor(StrEnum):

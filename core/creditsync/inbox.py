@@ -37,7 +37,7 @@ from creditsync import (
     subscription_store,
     subscriptions,
 )
-from creditsync.storage import database, models
+from creditsync.storage import database, grant_rows, models
 
 Status = enums.EventStatus
 
@@ -176,8 +176,13 @@ def write_decision(
     if made.created is not None:
         rows.append(ledger.provision_entry(instance_id, made.created, at=now, actor=actor,
                                            correlation_id=correlation_id))
-    rows += [ledger.step_entry(instance_id, step, at=now, actor=actor,
-                               correlation_id=correlation_id) for step in steps]
+    made_grants: list[dict[str, Any]] = []  # rollover grants at a monthly reset
+    for step in steps:
+        if step.kind == enums.LedgerKind.ROLLOVER:
+            made_grants.append(grant_rows.rollover_row(instance_id, step, now))
+        rows.append(ledger.step_entry(
+            instance_id, step, at=now, actor=actor, correlation_id=correlation_id,
+            grant_id=made_grants[-1]["id"] if step.kind == enums.LedgerKind.ROLLOVER else None))
     final = steps[-1].after if steps else made.created
     if made.created is not None:
         assert final is not None
@@ -189,7 +194,7 @@ def write_decision(
         if steps:
             assert final is not None
             values |= {**instances.number_columns(final), "version": version + 1,
-                       "updated_at": now}
+                       "bonus_credits": final.bonus_credits, "updated_at": now}
         written = conn.execute(_i.update().where(
             _i.c.instance_id == instance_id, _i.c.version == version).values(**values))
         if written.rowcount != 1:  # the lock makes this impossible; never write blind
@@ -199,6 +204,8 @@ def write_decision(
         written_rows = conn.execute(_ledger.insert().returning(
             _ledger.c.id, _ledger.c.kind, sort_by_parameter_order=True), rows)
         ledger_ids = {(instance_id, kind): ledger_id for ledger_id, kind in written_rows}
+    if made_grants:
+        conn.execute(models.GRANTS.insert(), made_grants)
     if steps:
         change = policy.Change(instance_id, steps)
         events.after_changes(conn, [change], ledger_ids, now=now)

@@ -59,6 +59,7 @@ class HistoryEntry:
     bonus_before: int
     bonus_after: int
     reason: str | None
+    grant_id: str | None = None  # the grant this row changed, if one
 
 
 remaining = policy.remaining

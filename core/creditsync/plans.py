@@ -5,6 +5,7 @@ Pure data and validation. Reading and writing the `plans` table is in `catalog`.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +13,22 @@ from typing import Any
 
 import yaml
 
-from creditsync import errors
+from creditsync import config, errors
 
-PLAN_KEYS = frozenset({"id", "monthlyCredits", "aliases", "displayName", "default"})
+PLAN_KEYS = frozenset({"id", "monthlyCredits", "aliases", "displayName", "default", "rollover"})
+ROLLOVER_KEYS = frozenset({"maxCredits", "expiresAfter"})
 
 
 CatalogError = errors.CatalogError
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """At the monthly reset, up to `max_credits` unused plan credits become a grant that
+    expires `expires_after` after the period's end."""
+
+    max_credits: int
+    expires_after: dt.timedelta
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class Plan:
     aliases: tuple[str, ...] = ()
     display_name: str | None = None
     default: bool = False
+    rollover: Rollover | None = None
 
     @property
     def label(self) -> str:
@@ -77,6 +89,15 @@ def validate(plans: Sequence[Plan], require_default: bool = True) -> None:
             raise CatalogError(
                 f"plan {plan.id}: monthlyCredits is {plan.monthly_credits}; it must be >= 0"
             )
+        if plan.rollover is not None:
+            rule = plan.rollover
+            if (isinstance(rule.max_credits, bool) or not isinstance(rule.max_credits, int)
+                    or rule.max_credits < 0):
+                raise CatalogError(f"plan {plan.id}: rollover.maxCredits must be an integer "
+                                   ">= 0")
+            if rule.expires_after <= dt.timedelta(0):
+                raise CatalogError(f"plan {plan.id}: rollover.expiresAfter must be longer "
+                                   "than 0s")
         for name in (plan.id, *plan.aliases):
             if name in seen:
                 what = "id" if name == plan.id else "alias"
@@ -118,7 +139,31 @@ def plan_from_mapping(raw: Mapping[str, Any], where: str = "plan") -> Plan:
     default = raw.get("default", False)
     if not isinstance(default, bool):
         raise CatalogError(f"{name}: default must be true or false")
-    return Plan(plan_id, credits, tuple(aliases), display, default)
+    return Plan(plan_id, credits, tuple(aliases), display, default,
+                rollover_from_mapping(raw.get("rollover"), name))
+
+
+def rollover_from_mapping(raw: Any, name: str) -> Rollover | None:
+    """`rollover: {maxCredits, expiresAfter}` (None: absent); `expiresAfter` a duration such
+    as `30d` or `720h`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != ROLLOVER_KEYS:
+        raise CatalogError(f"{name}: rollover must be a mapping with exactly maxCredits and "
+                           "expiresAfter (e.g. {maxCredits: 500, expiresAfter: 30d})")
+    most = raw["maxCredits"]
+    if isinstance(most, bool) or not isinstance(most, int) or most < 0:
+        raise CatalogError(f"{name}: rollover.maxCredits must be an integer >= 0, got {most!r}")
+    after = raw["expiresAfter"]
+    if not isinstance(after, str):
+        raise CatalogError(f"{name}: rollover.expiresAfter must be a duration such as 30d")
+    try:
+        duration = config.parse_duration(after)
+    except errors.ConfigError as exc:
+        raise CatalogError(f"{name}: rollover.expiresAfter: {exc}") from exc
+    if duration <= dt.timedelta(0):
+        raise CatalogError(f"{name}: rollover.expiresAfter must be longer than 0s")
+    return Rollover(most, duration)
 
 
 def plan_to_mapping(plan: Plan) -> dict[str, Any]:
@@ -129,6 +174,9 @@ def plan_to_mapping(plan: Plan) -> dict[str, Any]:
         out["displayName"] = plan.display_name
     if plan.default:
         out["default"] = True
+    if plan.rollover is not None:
+        out["rollover"] = {"maxCredits": plan.rollover.max_credits,
+                           "expiresAfter": config.format_duration(plan.rollover.expires_after)}
     return out
 
 

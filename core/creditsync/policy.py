@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from creditsync import enums, thresholds
 
 if TYPE_CHECKING:
-    from creditsync import config
+    from creditsync import config, plans
 
 UsagePolicy = enums.UsagePolicy
 Kind = enums.LedgerKind
@@ -76,6 +76,7 @@ class Desired(NamedTuple):
     rev: int  # 0 when the instance has no subscription
     event_time: dt.datetime | None  # the newest accepted event's operationTimeStamp
     expired: bool  # the subscription's paid time (plus grace) is over
+    rollover: plans.Rollover | None = None  # the desired plan's rule at the monthly reset
 
 
 class Step(NamedTuple):
@@ -85,6 +86,7 @@ class Step(NamedTuple):
     before: Numbers
     after: Numbers
     reason: str
+    expires_at: dt.datetime | None = None  # a rollover step's grant expires then
 
 
 class Change(NamedTuple):
@@ -167,7 +169,11 @@ def transition(
     1. a newly accepted purchase or plan change (`applied_rev != rev`) applies the plan;
        usage resets and a period starts at the event time under `Reset`;
     2. otherwise a plan or allocation that differs from desired is repaired, usage untouched;
-    3. a passed `period_end` resets usage and advances the period.
+    3. a passed `period_end` resets usage and advances the period; when the plan has a
+       rollover rule, the period's unused credits (capped at `maxCredits`) become a grant
+       expiring `expiresAfter` after the period's end (a `rollover` step; none when that is
+       already past). The rule is the plan's at the reset, so a plan change applies the new
+       plan's rule from the next reset.
     A plan missing from the catalog leaves plan and allocation as they are.
     """
     steps: list[Step] = []
@@ -200,6 +206,15 @@ def transition(
         target = Numbers(current.plan_id, current.credits_total, 0, current.bonus_credits,
                          start, end, current.applied_rev)
         steps.append(Step(Kind.PERIOD_RESET, current, target, "monthly period ended"))
+        rule = desired.rollover if current.plan_id == desired.plan_id else None
+        if rule is not None:
+            unused = min(max(current.credits_total - current.credits_used, 0),
+                         rule.max_credits)
+            expires = current.period_end + rule.expires_after
+            if unused > 0 and expires > now:
+                rolled = target._replace(bonus_credits=target.bonus_credits + unused)
+                steps.append(Step(Kind.ROLLOVER, target, rolled,
+                                  f"{unused} unused plan credits roll over", expires))
     return steps
 
 

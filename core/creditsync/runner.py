@@ -2,9 +2,10 @@
 
 Once at start-up, then every `interval`: retry due inbox events and converge every
 instance with the stored policy (`policy_store`), under the convergence lock so two runners
-(operator or standalone) never converge at once. Inbox retries and the expiry of
-reservations past their TTL run more often (every `retry_every`, `frequent`) so a failed
-webhook is not left waiting and an abandoned hold frees its credits soon. An `alerter` gets
+(operator or standalone) never converge at once. Inbox retries, the expiry of
+reservations past their TTL and grant expiries run more often (every `retry_every`,
+`frequent`) so a failed webhook is not left waiting, an abandoned hold frees its credits
+soon, and a grant's remainder leaves within seconds of its `expiresAt`. An `alerter` gets
 the drift, webhook and degraded alerts of `creditsync.alerts`. With a `deliverer` (the app's
 webhook URL is configured) a third thread delivers the outbox's events to the app every
 second.
@@ -26,6 +27,7 @@ from creditsync import (
     clock,
     convergence,
     enums,
+    grants,
     inbox,
     locks,
     marketplace,
@@ -52,6 +54,16 @@ def retry_inbox(engine: Engine) -> dict[str, int]:
     return outcomes
 
 
+def expire_grants(engine: Engine) -> list[grants.Ended]:
+    """Expire the live grants whose `expiresAt` has come; what expired (where a
+    `grant.expired` event is written, once the outbox exists)."""
+    expired = grants.expire_due(engine, clock.utcnow())
+    if expired:
+        log.info("expired %d grants (%d credits)", len(expired),
+                 sum(e.amount for e in expired), extra={"expired_grants": len(expired)})
+    return expired
+
+
 def expire_holds(engine: Engine) -> int:
     """Expire the reservations past their TTL (their credits are freed); how many."""
     expired = reservations.expire_due(engine, now=clock.utcnow())
@@ -62,9 +74,17 @@ def expire_holds(engine: Engine) -> int:
 
 
 def frequent(engine: Engine) -> None:
-    """The loop's frequent step (every few seconds): inbox retries, expired holds."""
-    retry_inbox(engine)
-    expire_holds(engine)
+    """The loop's frequent step (every few seconds): inbox retries, expired holds, due
+    grant expiries. Each runs even when one before it failed; the first failure is raised
+    after all have run."""
+    failed: Exception | None = None
+    for step in (retry_inbox, expire_holds, expire_grants):
+        try:
+            step(engine)
+        except Exception as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def guarded_run(
@@ -88,6 +108,7 @@ def guarded_run(
             return None
         if not dry_run:
             retry_inbox(engine)
+            expire_grants(engine)
         return convergence.converge(engine, trigger=trigger, actor=actor, pol=pol,
                                     batch_size=batch_size, dry_run=dry_run)
 
@@ -167,7 +188,7 @@ class Runner:
                 self._guarded(lambda: self.converge("timer"), "timer convergence")
                 next_run = clock.utcnow() + self.interval
             else:
-                self._guarded(self.frequent, "inbox retry and hold expiry")
+                self._guarded(self.frequent, "inbox retry, hold and grant expiry")
 
     def audit_due(self) -> audit.Report | None:
         """One batch of the periodic audit: instances not checked for `audit_interval`."""

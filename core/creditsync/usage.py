@@ -1,6 +1,8 @@
-"""Usage: consume credits atomically and idempotently; plan credits first, then bonus.
+"""Usage: consume credits atomically and idempotently; plan credits first, then grants
+(`grants.draw`, in their spending order).
 
-`draw` is the one spending order, used by a consume and by a reservation's commit."""
+`draw` is the one spending order (plan credits, then bonus), used by a consume and by a
+reservation's commit; `charge` the one write of a spend."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from creditsync import (
     enums,
     errors,
     events,
+    grants,
     holds,
     instances,
     ledger,
@@ -115,12 +118,18 @@ def current(
     conn: Connection, row: sa.Row[Any], *, now: dt.datetime, pol: policy.Policy | None,
     correlation_id: str,
 ) -> sa.Row[Any]:
-    """The locked row with its monthly reset applied first when it is due."""
-    if row.period_end > now:
-        return row
-    convergence.converge_in(conn, [row.instance_id], trigger="usage", actor=enums.Actor.APP,
-                            correlation_id=correlation_id, now=now, pol=pol)
-    return locked(conn, row.instance_id)
+    """The locked row with its monthly reset applied first when it is due, and its grants
+    past their `expiresAt` expired (an expired grant is never spent)."""
+    fresh = row
+    if row.period_end <= now:
+        convergence.converge_in(conn, [row.instance_id], trigger="usage",
+                                actor=enums.Actor.APP, correlation_id=correlation_id, now=now,
+                                pol=pol)
+        fresh = locked(conn, row.instance_id)
+    if fresh.bonus_credits > 0 and grants.expire_in(conn, row.instance_id, now,
+                                                    actor=enums.Actor.APP):
+        fresh = locked(conn, row.instance_id)
+    return fresh
 
 
 def spendable_at_least(
@@ -160,6 +169,7 @@ def charge(
         row.instance_id, enums.LedgerKind.USAGE, before, after, at=now, actor=enums.Actor.APP,
         correlation_id=correlation_id, reason=None)).returning(_ledger.c.id)
     last = then(taken) if then is not None else None
+    draws = grants.draw(conn, row.instance_id, taken.from_bonus, now)
     if database.is_sqlite(conn):
         conn.execute(update)
         ledger_id = int(conn.execute(entry).scalar_one())
@@ -169,6 +179,7 @@ def charge(
         written = entry.cte("entry")
         ctes = [update.cte("spent"), *([last.cte("last")] if last is not None else [])]
         ledger_id = int(conn.execute(sa.select(written.c.id).add_cte(*ctes)).scalar_one())
+    grants.record_draws(conn, ledger_id, draws)
     events.after_spend(conn, row.instance_id, before, after, ledger_id=ledger_id, now=now,
                        pol=pol if pol is not None else policy_store.load(conn),
                        armed=(row.low_credits_sent, row.low_credits_period))
@@ -179,7 +190,12 @@ def adjust_bonus(
     engine: Engine, instance_id: str, delta: int, reason: str, *, now: dt.datetime,
     actor: policy.Actor = enums.Actor.ADMIN,
 ) -> instances.HistoryEntry:
-    """Grant (or take back) bonus credits; the reconciler never touches them."""
+    """Grant (or take back) bonus credits; the reconciler never touches them.
+
+    A positive delta is a grant without expiry; a negative one takes credits back from the
+    live grants in their spending order (one `adjustment` row, its parts per grant in
+    `ledger_grant_draws`).
+    """
     if not reason or not reason.strip():
         raise errors.InvalidRequest("reason must say why the bonus credits change",
                                     code="invalid_adjustment")
@@ -189,20 +205,35 @@ def adjust_bonus(
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
         row = locked(conn, instance_id)
+        grants.expire_in(conn, instance_id, now, actor=actor)
+        if delta > 0:
+            made = grants.create_in(conn, instance_id, delta, reason=reason, now=now,
+                                    source=enums.GrantSource.ADMIN, actor=actor,
+                                    kind=enums.LedgerKind.ADJUSTMENT)
+            assert made.ledger_id is not None
+            return _entry(conn, made.ledger_id)
+        row = locked(conn, instance_id)
         after = row.bonus_credits + delta
         if after < 0:
             raise errors.InvalidRequest(
                 f"instance {instance_id} has {row.bonus_credits} bonus credits; "
                 f"taking {-delta} would make them negative", code="invalid_adjustment")
         before = instances.numbers_of(row)
+        draws = grants.draw(conn, instance_id, -delta, now)
         conn.execute(_i.update().where(_i.c.instance_id == instance_id).values(
             bonus_credits=after, version=_i.c.version + 1, updated_at=now))
-        entry = conn.execute(_ledger.insert().values(**ledger.entry(
+        ledger_id = conn.execute(_ledger.insert().values(**ledger.entry(
             instance_id, "adjustment", before, before._replace(bonus_credits=after), at=now,
-            actor=actor, correlation_id=None, reason=reason.strip())).returning(*_ledger.c)
-        ).one()
-        return instances.HistoryEntry(
-            **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
+            actor=actor, correlation_id=None, reason=reason.strip())).returning(_ledger.c.id)
+        ).scalar_one()
+        grants.record_draws(conn, ledger_id, draws)
+        return _entry(conn, ledger_id)
+
+
+def _entry(conn: Connection, ledger_id: int) -> instances.HistoryEntry:
+    entry = conn.execute(sa.select(_ledger).where(_ledger.c.id == ledger_id)).one()
+    return instances.HistoryEntry(
+        **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
 
 
 def _locked_with_key(conn: Connection, instance_id: str, key: str) -> sa.Row[Any]:

@@ -6,8 +6,8 @@ and the catalog change counter and asks `schedule.decide` whether it is time; so
 `interval`, `suspend` or `dryRun` and a CreditPlan change take effect within a fraction of a
 second, without a restart. When it is time, it runs one guarded convergence (lock, due inbox
 retries, set-based repair) on kopf's thread pool; between runs it retries due inbox events
-every few seconds. It ends as soon as kopf sets `stopped` (SIGTERM, deletion, a peering
-pause).
+and expires due grants every few seconds. It ends as soon as kopf sets `stopped` (SIGTERM,
+deletion, a peering pause).
 
 Not a timer: kopf's timers cannot follow a live `spec.interval`, and a timer ticking fast
 enough to react promptly would log a line per tick ("Timer 'converge' succeeded.") twice a
@@ -102,11 +102,12 @@ def parse(spec: kopf.Spec) -> specs.SyncSpec | specs.SpecError:
 
 
 async def _frequent(shared: state.Shared) -> None:
-    """Between runs: due inbox retries and the expiry of holds past their TTL."""
+    """Between runs: due inbox retries, the expiry of holds past their TTL, due grant
+    expiries."""
     try:
         await state.blocking(shared.executor, runner.frequent, shared.engine)
     except Exception as exc:  # the next run reports the database's state
-        log.debug("inbox retry failed: %s", status.describe_error(exc))
+        log.debug("inbox retry or grant expiry failed: %s", status.describe_error(exc))
 
 
 def _where(meta: kopf.Meta) -> str:

@@ -297,3 +297,42 @@ def test_concurrent_holds_and_consumes_over_http_never_overspend(
         assert_ledger_replays(engine)
     finally:
         engine.dispose()
+
+
+def test_a_grant_key_grants_lists_and_voids_and_consumes_draw_from_grants(api: Api) -> None:
+    inst = api.instance()
+    provision(api, inst)
+    spender = bearer(create_key(api, SPEND)["key"])
+    granter = bearer(create_key(api, ["credits:read", "credits:grant"])["key"])
+    body = {"amount": 40, "reason": "referral bonus", "priority": 10,
+            "idempotencyKey": "referral-1"}
+    for refused in (api.http.post(f"/api/instances/{inst}/grants", headers=spender, json=body),
+                    api.http.post(f"/api/instances/{inst}/grants", headers=api.auth(inst),
+                                  json=body)):
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "missing_scope"
+    made = api.http.post(f"/api/instances/{inst}/grants", headers=granter, json=body)
+    assert made.status_code == 200, made.text
+    grant = made.json()
+    assert (grant["amount"], grant["remaining"], grant["priority"], grant["status"],
+            grant["replayed"]) == (40, 40, 10, "live", False)
+    again = api.http.post(f"/api/instances/{inst}/grants", headers=granter, json=body).json()
+    assert (again["grantId"], again["replayed"]) == (grant["grantId"], True)
+    other = api.http.post(f"/api/instances/{inst}/grants", headers=granter,
+                          json={**body, "amount": 41})
+    assert other.status_code == 409, other.text
+    credits = api.http.get(f"/api/instances/{inst}/credits", headers=spender).json()
+    assert (credits["bonusCredits"], credits["creditsRemaining"]) == (40, 140)
+    assert consume(api, inst, spender, 110, "big").status_code == 200  # 100 plan + 10 grant
+    listed = api.http.get(f"/api/instances/{inst}/grants", headers=spender).json()["grants"]
+    assert [(g["grantId"], g["remaining"]) for g in listed] == [(grant["grantId"], 30)]
+    voided = api.http.post(f"/api/instances/{inst}/grants/{grant['grantId']}/void",
+                           headers=granter, json={"reason": "referral fraud"})
+    assert voided.status_code == 200, voided.text
+    assert (voided.json()["status"], voided.json()["remaining"]) == ("voided", 0)
+    credits = api.http.get(f"/api/instances/{inst}/credits", headers=spender).json()
+    assert (credits["bonusCredits"], credits["creditsRemaining"]) == (0, 0)
+    kinds = [e["kind"] for e in api.http.get(f"/api/instances/{inst}/history",
+                                              headers=spender).json()["entries"]]
+    assert kinds[:3] == ["grant_voided", "usage", "grant"]
+    assert_ledger_replays(api.engine, instance_id=inst)

@@ -253,7 +253,7 @@ def test_history_is_newest_first_and_paginated(api: Api) -> None:
         "correlationId": api.inbox(inst)[-1].id, "planBefore": "pro", "planAfter": "scale",
         "creditsTotalBefore": 5000, "creditsTotalAfter": 25000, "creditsUsedBefore": 0,
         "creditsUsedAfter": 0, "bonusBefore": 0, "bonusAfter": 0,
-        "reason": "accepted subscription change (rev 3)"}
+        "reason": "accepted subscription change (rev 3)", "grantId": None}
 
 
 # -- consume --------------------------------------------------------------------------------

@@ -64,11 +64,15 @@ def test_the_openapi_documents_every_route_with_examples(api: Api) -> None:
         ("POST", "/api/admin/instances/{instance_id}/adjust"), ("POST", "/api/admin/sync"),
         ("GET", "/api/admin/webhooks"), ("POST", "/api/admin/webhooks/{event_id}/replay"),
         ("GET", "/api/admin/stats"), ("GET", "/healthz"), ("GET", "/readyz"),
-        ("GET", "/metrics")}
+        ("GET", "/metrics"), ("GET", "/api/billing/grants"),
+        ("GET", "/api/admin/instances/{instance_id}/grants"),
+        ("POST", "/api/admin/instances/{instance_id}/grants"),
+        ("POST", "/api/admin/instances/{instance_id}/grants/{grant_id}/void")}
     schemas = document["components"]["schemas"]
     for name in ("Credits", "SyncCreditsResult", "HistoryPage", "ConsumeRequest",
                  "Consumption", "WebhookAck", "ErrorBody", "AdminInstance", "SyncResult",
-                 "WebhookPage", "Stats", "AdjustRequest"):
+                 "WebhookPage", "Stats", "AdjustRequest", "Grant", "GrantList", "GrantResult",
+                 "GrantRequest", "VoidRequest", "Rollover"):
         assert schemas[name]["examples"], name
     assert "HTTPValidationError" not in schemas
     hook = document["paths"]["/api/webhooks/billing"]["post"]

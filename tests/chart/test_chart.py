@@ -341,6 +341,8 @@ def test_all_namespaces_gets_a_cluster_role_with_the_same_rules() -> None:
     assert "--all-namespaces" in spec["containers"][0]["args"]
     pro = find(out, "CreditPlan", "pro")["spec"]
     assert pro["aliases"] == ["pro-monthly", "pro-yearly"]
+    assert pro["rollover"] == {"maxCredits": 1000, "expiresAfter": "30d"}
+    assert "rollover" not in find(out, "CreditPlan", "free")["spec"]
     assert find(out, "CreditSync")["spec"]["usageOnPlanChange"] == "Preserve"
     assert env_of(containers(out)["api"])["CREDITSYNC_USAGE_ON_PLAN_CHANGE"] == "Preserve"
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from creditsync import catalog, inbox, plans, policy
 from creditsync.storage import database, inbox_pg, models
 from tests.support.database import fresh_database
+from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
 
 TYPES = ["AppInstalled", "AppRemoved", "PaidPlanPurchased", "PaidPlanChanged",
@@ -142,3 +143,48 @@ def _state(engine: Any, prefix: str) -> dict[str, Any]:
                                  .as_integer(), isouter=True)
                            .where(out.c.instance_id.like(like)).order_by(out.c.seq))],
         }
+
+
+def test_a_reset_with_rollover_is_written_alike_by_both_paths(
+    databases: tuple[Any, Any],
+) -> None:
+    """A webhook that finds the monthly reset due rolls the unused plan credits over into a
+    grant, on the async path exactly as on the reference (grant ids aside: they are new)."""
+    (reference, other), (loop, pool) = databases
+    rule = plans.Rollover(700, dt.timedelta(days=10))
+    for engine in (reference, other):
+        with database.write(engine) as conn:
+            catalog.upsert(conn, plans.Plan("pro", 5000, aliases=("pro-yearly",),
+                                            rollover=rule), T0)
+    pol = policy.Policy()
+    later = T0 + dt.timedelta(days=35)
+    for prefix in ("roll-", "rolls-"):  # both entry points of the async path
+        name = f"{prefix}x"
+        steps = [(inbox.Incoming(name, "PaidPlanPurchased", T0, "pro", None,
+                                 {"vendorProductId": "pro"}), T0),
+                 (inbox.Incoming(name, "PaidPlanAutoRenewalCancelled", later, "pro", None,
+                                 {"vendorProductId": "pro",
+                                  "expiresOn": (later + dt.timedelta(days=20)).isoformat()}),
+                  later)]
+        for incoming, now in steps:
+            assert inbox.ingest(reference, incoming, now=now, pol=pol).status == "applied"
+            assert loop.run_until_complete(_ingest(pool, incoming, now, pol)) == "applied"
+        states = [_state(engine, prefix) for engine in (reference, other)]
+        made = [_grants(engine, name) for engine in (reference, other)]
+        for state in states:
+            for row in state["ledger"]:
+                row["grant_id"] = row["grant_id"] is not None
+        assert states[0] == states[1]
+        assert made[0] == made[1]
+        assert [(g["amount"], g["source"], g["status"]) for g in made[0]] == [
+            (700, "rollover", "live")]
+        assert [row["kind"] for row in states[1]["ledger"]][-2:] == ["period_reset", "rollover"]
+    for engine in (reference, other):
+        assert_ledger_replays(engine)
+
+
+def _grants(engine: Any, instance_id: str) -> list[dict[str, Any]]:
+    g = models.GRANTS
+    with database.read(engine) as conn:
+        return [{k: v for k, v in row._mapping.items() if k != "id"}
+                for row in conn.execute(sa.select(g).where(g.c.instance_id == instance_id))]

@@ -19,10 +19,11 @@ from creditsync import (
     delivery,
     enums,
     errors,
-    events,
+    grants,
     inbox,
     instances,
     outbox,
+    reservations,
     usage,
 )
 from creditsync.storage import database, models
@@ -289,16 +290,40 @@ def test_a_batch_of_resets_writes_one_event_each_with_its_own_ledger_row(
                                                           "period_reset")
 
 
-def test_a_grant_expiry_is_an_event_too(engine: Engine) -> None:
+def test_a_grant_expiry_writes_its_event_with_its_ledger_row(engine: Engine) -> None:
     instances.provision(engine, "u", now=T0, pol=RESET)
-    before = instances.numbers_of(instances_row(engine, "u"))
-    after = before._replace(bonus_credits=0)
-    with database.write(engine) as conn:
-        webhook_id = events.grant_expired(conn, "u", before, after, ledger_id=7, now=T0,
-                                          grant={"grantId": "g1", "expired": 25})
+    made = grants.create(engine, "u", 25, reason="trial", now=T0, expires_at=T0 + HOUR)
+    assert grants.expire_due(engine, T0 + HOUR / 2) == []
+    assert [r.type for r in rows(engine, "u")] == []
+    (ended,) = grants.expire_due(engine, T0 + HOUR)
     (row,) = rows(engine, "u")
-    assert (row.id, row.type, row.payload["data"]["grant"], row.payload["data"]["ledgerId"]) \
-        == (webhook_id, "grant.expired", {"grantId": "g1", "expired": 25}, 7)
+    assert row.type == "grant.expired"
+    data = row.payload["data"]
+    assert data["ledgerId"] == ended.ledger_id == ledger_id(engine, "u", "grant_expired")
+    assert data["grant"] == {"grantId": made.grant.id, "amount": 25, "expired": 25,
+                             "priority": 50, "reason": "trial", "source": "admin",
+                             "expiresAt": outbox.timestamp(T0 + HOUR)}
+    assert (data["before"]["bonusCredits"], data["after"]["bonusCredits"]) == (25, 0)
+
+
+def test_a_voided_grant_sends_no_expiry(engine: Engine) -> None:
+    instances.provision(engine, "u", now=T0, pol=RESET)
+    made = grants.create(engine, "u", 25, reason="trial", now=T0, expires_at=T0 + HOUR)
+    grants.void(engine, "u", made.grant.id, now=T0, reason=None)
+    assert grants.expire_due(engine, T0 + HOUR) == []
+    assert rows(engine, "u") == []
+
+
+def test_a_reservations_commit_sends_the_thresholds_it_crosses(engine: Engine) -> None:
+    instances.provision(engine, "u", now=T0, pol=RESET)
+    hold = reservations.reserve(engine, "u", 90, "job-1", ttl=dt.timedelta(minutes=5),
+                                now=T0 + HOUR)
+    assert rows(engine, "u") == []  # a hold changes no balance
+    reservations.commit(engine, hold.id, 85, now=T0 + HOUR)
+    found = rows(engine, "u")
+    assert [(r.type, r.payload["data"].get("threshold")) for r in found] == [
+        ("credits.low", 20)]
+    assert found[0].payload["data"]["ledgerId"] == ledger_id(engine, "u", "usage")
 
 
 def instances_row(engine: Engine, instance_id: str) -> sa.Row[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,24 @@ def test_aliases_resolve_marketplace_product_ids(tmp_path: Path) -> None:
          "plan pro: alias 'x' is already used by plan free"),
         ("plans:\n  - {id: free, monthlyCredits: 100, default: true, credits: 3}\n",
          "plan free: unknown key(s) credits; allowed: aliases, default, displayName, id, "
-         "monthlyCredits"),
+         "monthlyCredits, rollover"),
         ("plans:\n  - {id: free, monthlyCredits: lots, default: true}\n",
          "plan free: monthlyCredits must be an integer, got 'lots'"),
         ("tiers: []\n", "expected a single top-level key `plans` holding a list"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true,\n"
+         "     rollover: {maxCredits: 10}}\n",
+         "plan free: rollover must be a mapping with exactly maxCredits and expiresAfter "
+         "(e.g. {maxCredits: 500, expiresAfter: 30d})"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true,\n"
+         "     rollover: {maxCredits: -1, expiresAfter: 30d}}\n",
+         "plan free: rollover.maxCredits must be an integer >= 0, got -1"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true,\n"
+         "     rollover: {maxCredits: 5, expiresAfter: soon}}\n",
+         "plan free: rollover.expiresAfter: 'soon' is not a duration: use e.g. 60s, 5m, 6h, "
+         "1h30m or 2d"),
+        ("plans:\n  - {id: free, monthlyCredits: 100, default: true,\n"
+         "     rollover: {maxCredits: 5, expiresAfter: 0s}}\n",
+         "plan free: rollover.expiresAfter must be longer than 0s"),
     ],
 )
 def test_bad_catalogs_say_what_is_wrong(tmp_path: Path, body: str, message: str) -> None:
@@ -57,6 +72,25 @@ def test_bad_catalogs_say_what_is_wrong(tmp_path: Path, body: str, message: str)
     with pytest.raises(plans.CatalogError) as error:
         plans.load_file(path)
     assert str(error.value).endswith(message)
+
+
+def test_a_rollover_rule_is_read_stored_and_written_back(
+    tmp_path: Path, engine: Engine,
+) -> None:
+    path = tmp_path / "plans.yaml"
+    path.write_text("plans:\n  - {id: free, monthlyCredits: 100, default: true}\n"
+                    "  - {id: pro, monthlyCredits: 5000,\n"
+                    "     rollover: {maxCredits: 1000, expiresAfter: 30d}}\n")
+    cat = plans.load_file(path)
+    pro = cat.get("pro")
+    assert pro is not None
+    assert pro.rollover == plans.Rollover(1000, dt.timedelta(days=30))
+    assert plans.plan_to_mapping(pro)["rollover"] == {"maxCredits": 1000,
+                                                      "expiresAfter": "30d"}
+    with database.write(engine) as conn:
+        catalog.replace(conn, cat, T0)
+    with database.read(engine) as conn:
+        assert catalog.load(conn) == cat
 
 
 def test_an_invalid_change_writes_nothing(engine: Engine) -> None:

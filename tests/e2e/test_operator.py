@@ -34,6 +34,7 @@ from creditsync import (
     inbox,
     locks,
     marketplace_standin,
+    plans,
     policy_store,
     seed,
 )
@@ -406,6 +407,28 @@ def test_the_operator_delivers_the_repairs_to_the_app_signed_and_in_order(
     system.wait("the operator storing the thresholds", lambda: (
         policy_store.current(system.engine).policy.low_credit_thresholds == (5000,)
         and system.sync()["status"]["observedGeneration"] == generation))
+
+
+def test_a_plans_rollover_reaches_the_catalog(system: System) -> None:
+    bad = ("apiVersion: creditsync.io/v1alpha1\nkind: CreditPlan\nmetadata: {name: bad}\n"
+           "spec: {monthlyCredits: 5, rollover: {maxCredits: -1, expiresAfter: soon}}\n")
+    out = kubectl(system.cluster, "-n", NS, "apply", "-f", "-", input=bad)
+    assert out.returncode != 0
+    assert "spec.rollover.maxCredits in body should be greater than or equal to 0" in out.stderr
+    assert "spec.rollover.expiresAfter in body should match" in out.stderr
+
+    def rule() -> plans.Rollover | None:
+        found = {p.id: p for p in catalog.current(system.engine)}
+        return found["starter"].rollover if "starter" in found else None
+
+    system.patch("creditplans", "starter", {"rollover": {"maxCredits": 300,
+                                                          "expiresAfter": "30d"}})
+    assert system.wait("starter's rollover in the catalog", rule) == plans.Rollover(
+        300, dt.timedelta(days=30))
+    assert system.get("creditplans", "starter")["spec"]["rollover"] == {
+        "maxCredits": 300, "expiresAfter": "30d"}  # kept: the schema declares it
+    system.patch("creditplans", "starter", {"rollover": None})  # a merge patch removes it
+    system.wait("starter without rollover", lambda: rule() is None or None)
 
 
 def test_an_invalid_plan_is_rejected_with_an_event_and_a_condition(system: System) -> None:

@@ -91,6 +91,12 @@ def test_a_plan_is_named_by_its_resource() -> None:
     assert plan == plans.Plan("pro", 5000, ("pro-monthly",), "Pro", False)
 
 
+def test_a_plans_rollover_comes_from_its_spec() -> None:
+    plan = specs.plan_of("pro", {"monthlyCredits": 5000,
+                                 "rollover": {"maxCredits": 800, "expiresAfter": "720h"}})
+    assert plan.rollover == plans.Rollover(800, dt.timedelta(hours=720))
+
+
 @pytest.mark.parametrize(("name", "spec", "says"), [
     ("x" * 101, {"monthlyCredits": 1}, "at most 100 characters"),
     ("pro", {"id": "other", "monthlyCredits": 1}, "remove spec.id"),

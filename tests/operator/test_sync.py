@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
 import pytest
 
+from creditsync import grants, instances
 from creditsync_operator import schedule, specs, state, sync
+from tests.core.helpers import RESET
 from tests.operator import helpers
 from tests.operator.helpers import EARLIER, FakeStatusApi, Stopped
 from tests.support.times import T0
@@ -143,3 +146,19 @@ def test_the_daemon_runs_at_start_up_and_on_a_plan_change_and_stops_at_once(
 
     assert asyncio.run(scenario()) < 0.5
     assert triggers() == ["startup", "plan_change"]  # an hour-long interval: nothing more
+
+
+def test_between_runs_the_loop_expires_due_grants(
+    engine: Any, pool: concurrent.futures.Executor,
+) -> None:
+    """The daemon's frequent step (inbox retries) also ends grants whose expiry has come."""
+    instances.provision(engine, "g", now=T0, pol=RESET)
+    due = grants.create(engine, "g", 40, reason="promo", now=T0,
+                        expires_at=T0 + dt.timedelta(hours=1)).grant  # long past by now
+    built = SimpleNamespace(engine=engine)  # the one part of the factory the step uses
+    shared = state.Shared(factory=built, executor=pool,  # type: ignore[arg-type]
+                          connect=FakeStatusApi)
+    asyncio.run(sync._retry_inbox(shared))
+    with engine.connect() as conn:
+        assert [g.status for g in grants.listing_in(conn, "g")] == ["expired"]
+    assert due.status == "live"

@@ -114,8 +114,9 @@ def adjust(
     instance_id: InstanceId, body: schemas.AdjustRequest, engine: EngineDep,
     now: NowDep,
 ) -> schemas.AdjustResult:
-    """Bonus credits are spent after plan credits and never touched by convergence; the
-    change and its reason go into the ledger."""
+    """Bonus credits are what is left on the instance's grants, spent after the plan
+    credits: a positive delta is a grant without expiry, a negative one takes credits back
+    from the grants in their spending order; the change and its reason go into the ledger."""
     entry = usage.adjust_bonus(engine, instance_id, body.bonus_credits_delta, body.reason,
                                now=now)
     return schemas.AdjustResult(

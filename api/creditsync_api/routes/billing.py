@@ -1,4 +1,5 @@
-"""`/api/billing/*`: the calling instance's credits, its manual sync, and its history."""
+"""`/api/billing/*`: the calling instance's credits, its grants, its manual sync, and its
+history."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from creditsync import instances, manual
+from creditsync import grants, instances, manual
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import EngineDep, InstanceDep, NowDep, StateDep
 
@@ -22,6 +23,15 @@ def credits(
     nothing is repaired (use sync-credits)."""
     return schemas.Credits.from_core(
         instances.credits(engine, caller.instance_id, now=now))
+
+
+@router.get("/grants", summary="The calling instance's grants",
+            response_model=schemas.GrantList, responses=errors.responses(401, 404, 503))
+def list_grants(caller: InstanceDep, engine: EngineDep) -> schemas.GrantList:
+    """Credits beside the plan (support's grants, rolled-over plan credits): live ones in
+    the order they are spent, with what is left and when it expires, then the ended ones."""
+    return schemas.GrantList(grants=[schemas.Grant.from_core(g)
+                                     for g in grants.listing(engine, caller.instance_id)])
 
 
 @router.post("/sync-credits", summary="Converge the calling instance now",

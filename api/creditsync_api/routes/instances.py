@@ -11,11 +11,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from creditsync import enums, grants, instances, reservations
 from creditsync import errors as core_errors
-from creditsync import instances, reservations
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import (
     EngineDep,
+    GranterDep,
     InstanceIdPath,
     NowDep,
     ReaderDep,
@@ -23,6 +24,7 @@ from creditsync_api.deps import (
     StateDep,
 )
 from creditsync_api.routes import credits
+from creditsync_api.routes.grants import GrantId
 
 router = APIRouter(prefix="/api/instances", tags=["app backend"])
 
@@ -86,3 +88,46 @@ def reserve(
     state.metrics.reservations.labels("reserve", "replayed" if found.replayed
                                       else "held").inc()
     return schemas.Reservation.from_core(found)
+
+
+@router.get("/{instance_id}/grants", summary="An instance's grants",
+            response_model=schemas.GrantList, responses=errors.responses(401, 403, 404, 503))
+def list_grants(
+    instance_id: InstanceIdPath, _caller: ReaderDep, engine: EngineDep,
+) -> schemas.GrantList:
+    """Scope `credits:read`. Live grants in spending order with what is left, then the
+    newest ended ones."""
+    return schemas.GrantList(grants=[schemas.Grant.from_core(g)
+                                     for g in grants.listing(engine, instance_id)])
+
+
+@router.post("/{instance_id}/grants", summary="Grant credits to an instance",
+             response_model=schemas.GrantResult,
+             responses=errors.responses(400, 401, 403, 404, 409, 503))
+def create_grant(
+    instance_id: InstanceIdPath, body: schemas.GrantRequest, _caller: GranterDep,
+    engine: EngineDep, now: NowDep,
+) -> schemas.GrantResult:
+    """Scope `credits:grant` (a service key: an instance token cannot grant). As the admin
+    route: spent after the plan credits by priority, then soonest expiry; the same
+    `idempotencyKey` grants once (`replayed`), with other parameters 409."""
+    made = grants.create(engine, instance_id, body.amount, reason=body.reason, now=now,
+                         priority=body.priority, expires_at=body.expires_at,
+                         idempotency_key=body.idempotency_key, source=enums.GrantSource.APP,
+                         actor=enums.Actor.APP)
+    return schemas.GrantResult(**schemas.Grant.from_core(made.grant).model_dump(),
+                               replayed=made.replayed)
+
+
+@router.post("/{instance_id}/grants/{grant_id}/void", summary="Void an instance's grant",
+             response_model=schemas.Grant,
+             responses=errors.responses(400, 401, 403, 404, 409, 503))
+def void_grant(
+    instance_id: InstanceIdPath, grant_id: GrantId, _caller: GranterDep, engine: EngineDep,
+    now: NowDep, body: schemas.VoidRequest | None = None,
+) -> schemas.Grant:
+    """Scope `credits:grant`. What is left leaves (ledger kind `grant_voided`); 409 unless
+    the grant is live."""
+    ended = grants.void(engine, instance_id, grant_id, now=now,
+                        reason=body.reason if body else None, actor=enums.Actor.APP)
+    return schemas.Grant.from_core(ended.grant)

@@ -13,7 +13,7 @@ from typing import Any, Self
 from fastapi import APIRouter
 from pydantic import ConfigDict
 
-from creditsync import catalog, plans
+from creditsync import catalog, config, plans
 from creditsync_api import errors, schemas
 from creditsync_api.deps import EngineDep
 
@@ -21,6 +21,23 @@ router = APIRouter(prefix="/api/plans", tags=["billing"])
 
 _PRO: dict[str, Any] = {"id": "pro", "displayName": "Pro", "monthlyCredits": 5000,
                         "aliases": ["pro-monthly", "pro-yearly"], "default": False}
+
+
+class Rollover(schemas.ApiModel):
+    """At the monthly reset, up to `maxCredits` unused plan credits become a grant that
+    expires `expiresAfter` after the period's end."""
+
+    model_config = ConfigDict(**{**schemas.ApiModel.model_config, "json_schema_extra": {
+        "examples": [{"maxCredits": 1000, "expiresAfter": "30d"}]}})
+    max_credits: int
+    expires_after: str
+
+    @classmethod
+    def from_core(cls, rule: plans.Rollover | None) -> Self | None:
+        if rule is None:
+            return None
+        return cls(max_credits=rule.max_credits,
+                   expires_after=config.format_duration(rule.expires_after))
 
 
 class Plan(schemas.ApiModel):
@@ -33,11 +50,13 @@ class Plan(schemas.ApiModel):
     monthly_credits: int
     aliases: list[str]
     default: bool
+    rollover: Rollover | None = None
 
     @classmethod
     def from_core(cls, plan: plans.Plan) -> Self:
         return cls(id=plan.id, display_name=plan.label, monthly_credits=plan.monthly_credits,
-                   aliases=list(plan.aliases), default=plan.default)
+                   aliases=list(plan.aliases), default=plan.default,
+                   rollover=Rollover.from_core(plan.rollover))
 
 
 class PlanList(schemas.ApiModel):

@@ -1,14 +1,15 @@
 // /admin: sign in with the admin token (sessionStorage: this tab's session only), then the
-// overview charts, instances (filters, search, pages, one instance with its history and a
-// bonus adjustment), bulk sync (dry run first, then apply), the webhook inbox with replay,
-// the events to the app (deliveries) with replay,
-// the marketplace audit (its last run, disagreements per day, the instances the marketplace
-// did not answer for, and a run: dry run first, then apply), and the plan catalog.
+// overview charts, instances (filters, search, pages, one instance with its history, a
+// bonus adjustment, its grants with Void and a form to grant more), bulk sync (dry run
+// first, then apply), the webhook inbox with replay, the events to the app (deliveries)
+// with replay, the marketplace audit (its last run, disagreements per day, the instances
+// the marketplace did not answer for, and a run: dry run first, then apply), and the plan
+// catalog.
 // Everything comes from the admin API.
 
 import {
   $, ApiError, LedgerPager, Messages, PlanNames, api, beforeAfter, cell, fill, fmtDate,
-  fmtDateTime, fmtInt, fmtRelative, h, historyTable, keepFocus, timeEl,
+  fmtDateTime, fmtInt, fmtRelative, grantsTable, h, historyTable, keepFocus, timeEl,
 } from "./common.js";
 import { PALETTE, dayBars, hBars } from "./charts.js";
 
@@ -32,6 +33,7 @@ const DRIFT_REASONS = {
   plan_change: "a purchase or plan change is waiting to be applied",
   drift_repair: "credits differ from what the plan pays for",
   period_reset: "the monthly reset is due",
+  rollover: "its unused plan credits roll over at that reset",
   expiry: "the paid plan has expired",
   plan_missing: "its plan is missing from the catalog",
 };
@@ -355,6 +357,7 @@ async function openDetail(id, opener) {
   HISTORY_PAGE);
   detailMessages.clear();
   $("#adjust").reset();
+  resetGrantForm();
   $("#detail").hidden = false;
   $("#detail-title").textContent = `Instance ${id}`;
   await refreshDetail();
@@ -364,10 +367,15 @@ async function openDetail(id, opener) {
 async function refreshDetail({ index = 0, userAction = false } = {}) {
   const id = detail.id;
   try {
-    const [found, entries] = await Promise.all([
-      call(`/api/admin/instances/${encodeURIComponent(id)}`), detail.pager.load(index)]);
+    const [found, entries, granted] = await Promise.all([
+      call(`/api/admin/instances/${encodeURIComponent(id)}`), detail.pager.load(index),
+      call(`/api/admin/instances/${encodeURIComponent(id)}/grants`)]);
     if (id !== detail.id || !entries) return; // another instance or page was asked for
     renderFacts(found.instance);
+    fill($("#detail-grants"), grantsTable(granted.grants, `Grants of ${id}`, {
+      action: (grant) => (grant.status === "live" ? h("button", { type: "button",
+        class: "btn small", "aria-label": `Void the grant of ${fmtInt(grant.amount)} credits`,
+        onclick: (event) => voidGrant(grant, event.currentTarget) }, "Void") : null) }));
     fill($("#detail-history"), historyTable(entries, names, `Credit history of ${id}`));
   } catch (error) {
     explain(error, detailMessages, () => refreshDetail({ index, userAction }));
@@ -454,6 +462,85 @@ async function adjust(event) {
     button.disabled = false;
     button.removeAttribute("aria-busy");
     keepFocus(button, button);
+  }
+}
+
+// one idempotency key per grant the form makes: a retried or doubled submit grants once
+// (getRandomValues, not randomUUID: that one needs a secure context)
+const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+  (byte) => byte.toString(16).padStart(2, "0")).join("");
+let grantKey = newKey();
+
+function resetGrantForm() {
+  $("#grant").reset();
+  grantKey = newKey();
+}
+
+async function grant(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const amount = Number(form.amount.value);
+  const priority = Number(form.priority.value || 50);
+  const reason = form.reason.value.trim();
+  for (const input of [form.amount, form.reason, form.priority, form.expires]) {
+    input.removeAttribute("aria-invalid");
+  }
+  const invalid = (input, message) => {
+    input.setAttribute("aria-invalid", "true");
+    detailMessages.show("error", message);
+    input.focus();
+  };
+  if (!form.amount.value || !Number.isInteger(amount) || amount < 1) {
+    invalid(form.amount, "Enter a whole number of credits, 1 or more.");
+    return;
+  }
+  if (!reason) {
+    invalid(form.reason, "Say why: the reason goes into the credit history.");
+    return;
+  }
+  if (!Number.isInteger(priority) || priority < 0 || priority > 100) {
+    invalid(form.priority, "Priority is a whole number from 0 to 100.");
+    return;
+  }
+  const expiresAt = form.expires.value ? `${form.expires.value}T00:00:00Z` : null;
+  if (expiresAt && new Date(expiresAt) <= new Date()) {
+    invalid(form.expires, "Pick a day in the future, or leave it empty for no expiry.");
+    return;
+  }
+  const id = detail.id;
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const made = await call(`/api/admin/instances/${encodeURIComponent(id)}/grants`,
+      { method: "POST", body: { amount, reason, priority, expiresAt, idempotencyKey: grantKey } });
+    resetGrantForm();
+    detailMessages.show("success", `Granted ${fmtInt(made.amount)} credits to ${id}` +
+      (made.expiresAt ? `, expiring on ${fmtDate(made.expiresAt)}.` : ", never expiring."));
+    await Promise.all([refreshDetail(), loadInstances(instances.index)]);
+  } catch (error) {
+    explain(error, detailMessages);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    keepFocus(button, button);
+  }
+}
+
+async function voidGrant(found, button) {
+  const id = detail.id;
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    await call(`/api/admin/instances/${encodeURIComponent(id)}/grants/` +
+      `${encodeURIComponent(found.grantId)}/void`, { method: "POST", body: {} });
+    detailMessages.show("success", `Voided the grant of ${fmtInt(found.amount)} credits: ` +
+      `its ${fmtInt(found.remaining)} remaining credits left ${id}.`);
+    await Promise.all([refreshDetail(), loadInstances(instances.index)]);
+  } catch (error) {
+    explain(error, detailMessages);
+  } finally {
+    keepFocus(null, $("#detail-grants-title"));
   }
 }
 
@@ -1069,6 +1156,7 @@ function wire() {
   $("#detail-older").addEventListener("click", () => refreshDetail(
     { index: detail.pager.index + 1, userAction: true }));
   $("#adjust").addEventListener("submit", adjust);
+  $("#grant").addEventListener("submit", grant);
   $("#detail-sync").addEventListener("click", syncOne);
   $("#bulk-form").addEventListener("submit", previewSync);
   $("#bulk-form").addEventListener("change", (event) => {

@@ -3,8 +3,8 @@
 // marketplace signs; the page shows only what the API says about that instance.
 
 import {
-  $, ApiError, LedgerPager, Messages, PlanNames, api, fill, fmtDate, fmtInt, fmtRelative, h,
-  historyTable, keepFocus, timeEl,
+  $, ApiError, LedgerPager, Messages, PlanNames, api, fill, fmtDate, fmtInt, fmtRelative,
+  grantsTable, h, historyTable, keepFocus, timeEl,
 } from "./common.js";
 
 const HISTORY_PAGE = 10;
@@ -14,6 +14,7 @@ const syncLabel = $("#sync-label");
 const syncMessages = new Messages($("#sync-status"), $("#sync-alert"));
 let names = new PlanNames();
 let busy = false;
+let currentPlan = null; // the plan shown on the card: its rollover rule explains the grants
 
 const history = new LedgerPager(
   (limit, before) => api("/api/billing/history", { token, query: { limit, before } }),
@@ -22,6 +23,7 @@ const history = new LedgerPager(
 // -- the card -------------------------------------------------------------------------
 
 function render(credits) {
+  currentPlan = credits.plan;
   const plan = names.label(credits.plan);
   const total = credits.creditsTotal;
   const used = credits.creditsUsed;
@@ -147,6 +149,7 @@ async function sync() {
     syncMessages.show(changed ? "success" : "info", result.marketplaceError
       ? `${sentence} ${MARKETPLACE_LATER}` : sentence);
     loadHistory(0);
+    loadGrants();
   } catch (error) {
     waitSeconds = error.status === 429 ? error.retryAfter || 5 : 0;
     explain(error, syncMessages, { retry: sync });
@@ -204,6 +207,59 @@ function explain(error, messages, { retry }) {
   }
 }
 
+// -- grants -----------------------------------------------------------------------------
+
+const grantsMessages = new Messages($("#grants-alert"), $("#grants-alert"));
+
+/** A duration as the API writes it (`30d`, `1d12h`, `90m`) in words: "30 days". */
+function inWords(duration) {
+  const found = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(duration);
+  if (!found) return duration;
+  const units = ["day", "hour", "minute", "second"];
+  return found.slice(1).map((n, k) => (n ? `${fmtInt(Number(n))} ${units[k]}${n === "1" ? "" : "s"}`
+    : null)).filter(Boolean).join(" ") || duration;
+}
+
+/** "320 credits on 2 grants; 200 rolled over from last period, the first expiring Mar 1." */
+function grantsSummary(live) {
+  if (!live.length) {
+    return "No bonus credits right now. Support's grants and unused plan credits that " +
+      "roll over at the monthly reset appear here.";
+  }
+  const left = live.reduce((sum, g) => sum + g.remaining, 0);
+  const rolled = live.filter((g) => g.source === "rollover");
+  const expiring = live.filter((g) => g.expiresAt)
+    .sort((a, b) => a.expiresAt.localeCompare(b.expiresAt))[0];
+  const parts = [`${fmtInt(left)} credits on ${live.length} grant${live.length > 1 ? "s" : ""}`];
+  if (rolled.length) {
+    parts.push(`${fmtInt(rolled.reduce((sum, g) => sum + g.remaining, 0))} rolled over ` +
+      "from last period");
+  }
+  if (expiring) parts.push(`the soonest expire on ${fmtDate(expiring.expiresAt)}`);
+  return `${parts.join("; ")}.`;
+}
+
+async function loadGrants() {
+  const body = $("#grants-body");
+  body.setAttribute("aria-busy", "true");
+  try {
+    const { grants } = await api("/api/billing/grants", { token });
+    const live = grants.filter((g) => g.status === "live");
+    $("#rollover").textContent = fmtInt(live.filter((g) => g.source === "rollover")
+      .reduce((sum, g) => sum + g.remaining, 0));
+    const rule = names.byId.get(currentPlan)?.rollover;
+    $("#grants-summary").textContent = grantsSummary(live) + (rule ? ` At each monthly ` +
+      `reset up to ${fmtInt(rule.maxCredits)} unused plan credits roll over, for ` +
+      `${inWords(rule.expiresAfter)}.` : "");
+    fill(body, grants.length ? grantsTable(grants, "Bonus and rolled-over credits") : null);
+    fill($("#grants-alert"));
+  } catch (error) {
+    explain(error, grantsMessages, { retry: loadGrants });
+  } finally {
+    body.setAttribute("aria-busy", "false");
+  }
+}
+
 // -- history ----------------------------------------------------------------------------
 
 const historyMessages = new Messages($("#history-alert"), $("#history-alert"));
@@ -242,6 +298,7 @@ async function start() {
       "the sign-in that tells creditsync which site you are.");
     $("#sync-state").textContent = "Not signed in";
     fill($("#history-body"), h("p", { class: "muted" }, "No site selected."));
+    fill($("#grants-body"), h("p", { class: "muted" }, "No site selected."));
     return;
   }
   names = await PlanNames.load();
@@ -253,9 +310,10 @@ async function start() {
     $("#usage").setAttribute("aria-busy", "false");
     explain(error, pageMessages, { retry: () => window.location.reload() });
     fill($("#history-body"), h("p", { class: "muted" }, "Not available."));
+    fill($("#grants-body"), h("p", { class: "muted" }, "Not available."));
     return;
   }
-  await loadHistory(0);
+  await Promise.all([loadGrants(), loadHistory(0)]);
 }
 
 start();

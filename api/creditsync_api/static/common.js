@@ -139,6 +139,10 @@ export const KIND_LABELS = {
   usage: "Credits used",
   adjustment: "Bonus adjusted",
   expiry: "Plan expired",
+  grant: "Credits granted",
+  grant_expired: "Grant expired",
+  grant_voided: "Grant voided",
+  rollover: "Credits rolled over",
 };
 
 export const ACTOR_LABELS = {
@@ -148,6 +152,7 @@ export const ACTOR_LABELS = {
   provision: "the app",
   admin: "support",
   cli: "an operator",
+  app: "the app",
 };
 
 export function capitalize(text) {
@@ -212,6 +217,54 @@ export function whyEntry(entry) {
   const by = ACTOR_LABELS[entry.actor] || entry.actor;
   return [entry.reason ? h("span", { class: "change" }, capitalize(entry.reason)) : null,
     h("span", { class: "change muted small" }, `By ${by}`)];
+}
+
+// -- grants -----------------------------------------------------------------------------
+
+export const GRANT_STATUS = {
+  live: ["ok", "Active"], spent: ["neutral", "Used up"], expired: ["neutral", "Expired"],
+  voided: ["warn", "Voided"],
+};
+
+export const GRANT_SOURCE = {
+  admin: "From support", app: "From the app", rollover: "Rolled over from last period",
+  migration: "Bonus credits",
+};
+
+/** When a grant's remainder leaves: "Never", or its date with how soon. */
+function grantExpiry(grant) {
+  if (!grant.expiresAt) return h("span", { class: "muted" }, "Never");
+  if (grant.status !== "live") return timeEl(grant.expiresAt, fmtDate(grant.expiresAt));
+  return [timeEl(grant.expiresAt, fmtDate(grant.expiresAt)),
+    h("span", { class: "change muted small" }, fmtRelative(grant.expiresAt))];
+}
+
+/**
+ * A grants table, live ones first in the order they are spent (billing and the admin's
+ * instance view share it); `action(grant)` adds a last column (the admin's Void button).
+ */
+export function grantsTable(grants, caption, { action } = {}) {
+  const columns = ["Credits left", "Expires", "From", "Status", ...(action ? [""] : [])];
+  const rows = grants.map((grant) => {
+    const [tone, label] = GRANT_STATUS[grant.status] || ["neutral", grant.status];
+    return h("tr", { "data-grant": grant.grantId, "data-status": grant.status },
+      cell("Credits left", h("span", { class: "num" }, fmtInt(grant.remaining)),
+        h("span", { class: "muted" }, ` of ${fmtInt(grant.amount)}`)),
+      cell("Expires", grantExpiry(grant)),
+      cell("From", GRANT_SOURCE[grant.source] || grant.source,
+        h("span", { class: "change muted small" }, capitalize(grant.reason))),
+      cell("Status", h("span", { class: `pill ${tone}` }, label)),
+      action ? cell("Actions", action(grant)) : null);
+  });
+  if (!rows.length) {
+    rows.push(h("tr", {}, h("td", { colspan: String(columns.length), class: "empty" },
+      "No grants.")));
+  }
+  return h("table", { class: "data stacked" },
+    h("caption", { class: "visually-hidden" }, caption),
+    h("thead", {}, h("tr", {}, columns.map((name) => h("th", { scope: "col" },
+      name || h("span", { class: "visually-hidden" }, "Actions"))))),
+    h("tbody", {}, rows));
 }
 
 /** A table cell labelled by its column (narrow screens show the label beside the value). */

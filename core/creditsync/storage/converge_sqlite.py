@@ -13,12 +13,15 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
 
-from creditsync import ledger, policy
-from creditsync.storage import models
+from creditsync import enums, ledger, policy
+from creditsync.storage import grant_rows, models
 
-_COLUMNS = models.NUMBER_COLUMNS
+# a rollover at the reset also moves the bonus (a new live grant)
+_COLUMNS = {**models.NUMBER_COLUMNS, "bonus_credits": "bonus_credits"}
 _SQLITE_LEDGER = (f"INSERT INTO ledger ({', '.join(ledger.COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in ledger.COLUMNS)})")
+_SQLITE_GRANTS = (f"INSERT INTO grants ({', '.join(grant_rows.COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in grant_rows.COLUMNS)})")
 
 
 def _sqlite_value(value: object) -> object:
@@ -51,13 +54,23 @@ def apply(
               c.instance_id, versions[c.instance_id]) for c in group])
         if cursor.rowcount != len(group):
             raise RuntimeError("an instance changed inside an IMMEDIATE transaction")
+    made: list[dict[str, object]] = []  # rollover grants, named by their ledger rows
+    entries = []
+    for c in changes:
+        for step in c.steps:
+            grant_id = None
+            if step.kind == enums.LedgerKind.ROLLOVER:
+                made.append(grant_rows.rollover_row(c.instance_id, step, now))
+                grant_id = str(made[-1]["id"])
+            entries.append(tuple(_sqlite_value(v) for v in ledger.row_values(ledger.step_entry(
+                c.instance_id, step, at=now, actor=actor, correlation_id=correlation,
+                grant_id=grant_id))))
     # rowids follow the largest one: inside BEGIN IMMEDIATE the rows after it are this batch's
     last = raw.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()[0]
-    raw.executemany(_SQLITE_LEDGER, [
-        tuple(_sqlite_value(v) for v in ledger.row_values(ledger.step_entry(
-            c.instance_id, step, at=now, actor=actor, correlation_id=correlation)))
-        for c in changes for step in c.steps
-    ])
+    raw.executemany(_SQLITE_LEDGER, entries)
+    if made:
+        raw.executemany(_SQLITE_GRANTS, [tuple(_sqlite_value(row[column]) for column in
+                                               grant_rows.COLUMNS) for row in made])
     ids = {(instance_id, kind): ledger_id for ledger_id, instance_id, kind in raw.execute(
         "SELECT id, instance_id, kind FROM ledger WHERE id > ?", (last,))}
     return {c.instance_id for c in changes}, ids

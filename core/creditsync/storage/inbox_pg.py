@@ -40,7 +40,7 @@ from creditsync import (
     policy,
     subscriptions,
 )
-from creditsync.storage import database
+from creditsync.storage import database, grant_rows
 
 Status = enums.EventStatus
 
@@ -86,7 +86,9 @@ WITH ev AS (
 SELECT ev.instance_id, ev.event_type, ev.product_id, ev.operation_time, ev.expires_at,
     ev.status,
     (SELECT json_agg(json_build_array(p.id, p.monthly_credits, p.aliases, p.display_name,
-                                      p.is_default) ORDER BY p.monthly_credits, p.id)
+                                      p.is_default, p.rollover_max_credits,
+                                      p.rollover_expires_after_s)
+                     ORDER BY p.monthly_credits, p.id)
      FROM plans p),
     (SELECT json_build_array(usage_on_plan_change, expiry_grace_seconds) FROM policy),
     sub.plan_id, sub.status, sub.expires_at, sub.rev, sub.source_time,
@@ -110,6 +112,7 @@ WITH created AS (
         plan_id = COALESCE(%(plan)s, plan_id),
         credits_total = COALESCE(%(total)s, credits_total),
         credits_used_month = COALESCE(%(used)s, credits_used_month),
+        bonus_credits = COALESCE(%(bonus)s, bonus_credits),
         period_start = COALESCE(%(start)s, period_start),
         period_end = COALESCE(%(end)s, period_end),
         applied_rev = COALESCE(%(rev)s, applied_rev),
@@ -147,6 +150,12 @@ WITH created AS (
     WITH ORDINALITY AS x(id, type, payload, n)
     LEFT JOIN entries ON entries.kind = x.payload->'data'->>'kind'
     ORDER BY x.n
+), granted AS (  -- a rollover at the monthly reset, only when the instance was written
+    INSERT INTO grants (""" + ", ".join(grant_rows.COLUMNS) + """)
+    SELECT """ + ", ".join(f"g.{column}" for column in grant_rows.COLUMNS) + """
+    FROM jsonb_to_recordset(%(grants)s) AS g(""" + ", ".join(
+        f"{column} {grant_rows.TYPES[column]}" for column in grant_rows.COLUMNS) + """)
+    WHERE EXISTS (SELECT 1 FROM converged)
 )
 UPDATE webhook_events SET status = %(status)s, attempts = attempts + 1, last_error = NULL,
     next_attempt_at = NULL, applied_at = %(applied_at)s
@@ -330,8 +339,14 @@ def _writes(
     if made.created is not None:
         rows.append(ledger.provision_entry(instance_id, made.created, at=now,
                                            actor=enums.Actor.WEBHOOK, correlation_id=event_id))
-    rows += [ledger.step_entry(instance_id, step, at=now, actor=enums.Actor.WEBHOOK,
-                               correlation_id=event_id) for step in made.steps]
+    made_grants: list[dict[str, Any]] = []  # rollover grants at a monthly reset
+    for step in made.steps:
+        grant_id = None
+        if step.kind == enums.LedgerKind.ROLLOVER:
+            made_grants.append(grant_rows.rollover_row(instance_id, step, now))
+            grant_id = made_grants[-1]["id"]
+        rows.append(ledger.step_entry(instance_id, step, at=now, actor=enums.Actor.WEBHOOK,
+                                      correlation_id=event_id, grant_id=grant_id))
     numbers = final if (created or moved) else None
     return {
         "id": event_id, "iid": instance_id, "now": now, "status": made.status,
@@ -355,11 +370,14 @@ def _writes(
                          for e in outbox.rows(events.step_events(
                              [policy.Change(instance_id, made.steps)] if made.steps else [],
                              {}), now)]),
+        "grants": Jsonb([{k: v.isoformat() if isinstance(v, dt.datetime) else v
+                          for k, v in row.items()} for row in made_grants]),
     }
 
 
 # `_WRITE`'s parameter -> policy.Numbers field (with a `c_` prefix for a created instance)
 _NUMBER_PARAMS = (("plan", "plan_id"), ("total", "credits_total"), ("used", "credits_used"),
+                  ("bonus", "bonus_credits"),
                   ("start", "period_start"), ("end", "period_end"), ("rev", "applied_rev"))
 
 
@@ -385,7 +403,9 @@ async def _record_failure(db: Pool, event_id: str, now: dt.datetime,
 
 def _catalog(rows: Sequence[Sequence[Any]]) -> plans.Catalog:
     """The catalog from its rows; validated once per distinct content."""
-    key = tuple((r[0], r[1], tuple(r[2] or ()), r[3], r[4]) for r in rows)
+    key = tuple((r[0], r[1], tuple(r[2] or ()), r[3], r[4],
+                 None if r[5] is None or r[6] is None
+                 else plans.Rollover(r[5], dt.timedelta(seconds=r[6]))) for r in rows)
     found = _catalogs.get(key)
     if found is None:
         if not rows:

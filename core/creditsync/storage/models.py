@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -101,6 +102,9 @@ class PlanRow(Base):
     aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
     display_name: Mapped[str | None] = mapped_column(String(200))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # `rollover: {maxCredits, expiresAfter}`: both set, or neither (no rollover)
+    rollover_max_credits: Mapped[int | None] = mapped_column(BigInteger)
+    rollover_expires_after_s: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime]
 
 
@@ -199,11 +203,63 @@ class LedgerEntry(Base):
     bonus_before: Mapped[int] = mapped_column(BigInteger)
     bonus_after: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(Text)
+    # the one grant this row changed (its remaining moved by bonus_after - bonus_before);
+    # None for a row that drew several (see `ledger_grant_draws`) or none
+    grant_id: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
         Index("ix_ledger_instance_id_id", "instance_id", "id"),
         Index("ix_ledger_at", "at"),
     )
+
+
+class Grant(Base):
+    """Credits granted to an instance beside its plan: spent after the plan credits, by
+    `priority` (lower first), then soonest `expires_at` (none last), then oldest.
+
+    `instances.bonus_credits` is the sum of `remaining` over the instance's live grants,
+    kept so in the same transaction as every change here.
+    """
+
+    __tablename__ = "grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # grt_ + random
+    instance_id: Mapped[str] = mapped_column(String(100))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    expires_at: Mapped[dt.datetime | None]
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # enums.GrantSource
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # enums.GrantStatus
+    created_at: Mapped[dt.datetime]
+    ended_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("instance_id", "idempotency_key",
+                         name="uq_grants_instance_id_idempotency_key"),
+        CheckConstraint("priority >= 0 AND priority <= 100", name="priority_range"),
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_range"),
+        # spending: an instance's live grants
+        Index("ix_grants_instance_id_status", "instance_id", "status"),
+        # the loop's due expiries: live grants only (partial on both databases)
+        Index("ix_grants_live_expires_at", "expires_at",
+              postgresql_where=text("status = 'live' AND expires_at IS NOT NULL"),
+              sqlite_where=text("status = 'live' AND expires_at IS NOT NULL")),
+    )
+
+
+class LedgerGrantDraw(Base):
+    """How much one ledger row drew from each grant, when it drew from several."""
+
+    __tablename__ = "ledger_grant_draws"
+
+    ledger_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    grant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_ledger_grant_draws_grant_id", "grant_id"),)
 
 
 class WebhookEvent(Base):
@@ -355,3 +411,5 @@ USAGE_REQUESTS = _table(UsageRequest)
 SERVICE_KEYS = _table(ServiceKey)
 RESERVATIONS = _table(Reservation)
 OUTBOX = _table(OutboxEvent)
+GRANTS = _table(Grant)
+LEDGER_GRANT_DRAWS = _table(LedgerGrantDraw)
