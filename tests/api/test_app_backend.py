@@ -294,7 +294,7 @@ def test_concurrent_holds_and_consumes_over_http_never_overspend(
         assert len(outcomes) == 36
         assert ("", 0) in outcomes  # some were refused: the balance was contended
         assert_holds_match(engine)
-        assert_ledger_replays(engine)
+        assert_ledger_replays(engine, instance_id=inst)  # the server's database is shared
     finally:
         engine.dispose()
 

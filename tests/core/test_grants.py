@@ -316,7 +316,7 @@ def test_the_migration_turns_bonus_credits_into_one_grant_each(empty_url: str) -
     try:
         schema.upgrade(engine, "0003")
         with database.write(engine) as conn:  # the instances table is as 0003 left it
-            conn.execute(models.INSTANCES.insert(), [
+            conn.execute(database_helpers.instances_as_of_0003().insert(), [
                 {"instance_id": name, "plan_id": "free", "credits_total": 100,
                  "bonus_credits": bonus, "credits_used_month": 0, "period_start": T0,
                  "period_end": T0 + 30 * DAY, "applied_rev": 0, "version": 0,

@@ -25,7 +25,7 @@ from creditsync import (
 from creditsync.storage import database, models, schema
 from tests.core.helpers import DAY, HOUR, RESET, accept, instance
 from tests.support import waiting
-from tests.support.database import new_pg_database
+from tests.support.database import instances_as_of_0003, new_pg_database
 from tests.support.holds import assert_holds_match
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
@@ -273,12 +273,7 @@ def test_the_migration_gives_existing_instances_no_holds(
     engine = database.create(url)
     try:
         schema.upgrade(engine, "0003")
-        columns = ["instance_id", "plan_id", "credits_total", "bonus_credits",
-                   "credits_used_month", "period_start", "period_end", "applied_rev",
-                   "version", "created_at", "updated_at"]
-        old = sa.table("instances", *(  # the table as 0003 left it
-            sa.column(c, models.UTCDateTime()) if c.endswith(("_start", "_end", "_at"))
-            else sa.column(c) for c in columns))
+        old = instances_as_of_0003()
         with database.write(engine) as conn:
             conn.execute(old.insert().values(
                 instance_id="before", plan_id="free", credits_total=100, bonus_credits=0,

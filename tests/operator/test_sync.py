@@ -158,7 +158,7 @@ def test_between_runs_the_loop_expires_due_grants(
     built = SimpleNamespace(engine=engine)  # the one part of the factory the step uses
     shared = state.Shared(factory=built, executor=pool,  # type: ignore[arg-type]
                           connect=FakeStatusApi)
-    asyncio.run(sync._retry_inbox(shared))
+    asyncio.run(sync._frequent(shared))
     with engine.connect() as conn:
         assert [g.status for g in grants.listing_in(conn, "g")] == ["expired"]
     assert due.status == "live"

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from creditsync import catalog
-from creditsync.storage import database, schema
+from creditsync.storage import database, models, schema
 from tests.support.postgres import PostgresCluster
 from tests.support.times import T0
 
@@ -96,3 +96,16 @@ def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path)
         yield cluster.url(name)
     finally:
         drop_pg_database(cluster, name)
+
+
+INSTANCE_COLUMNS_0003 = ["instance_id", "plan_id", "credits_total", "bonus_credits",
+                         "credits_used_month", "period_start", "period_end", "applied_rev",
+                         "version", "created_at", "updated_at"]
+
+
+def instances_as_of_0003() -> sa.TableClause:
+    """The instances table as migration 0003 left it (for tests of later migrations: the
+    model's table has columns the old schema lacks)."""
+    return sa.table("instances", *(
+        sa.column(c, models.UTCDateTime()) if c.endswith(("_start", "_end", "_at"))
+        else sa.column(c) for c in INSTANCE_COLUMNS_0003))
