@@ -120,7 +120,8 @@ class Settings(pydantic_settings.BaseSettings):
     app_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     plans_file: Path | None = None
-    sync_interval: Duration = dt.timedelta(seconds=60)
+    sync_interval: Duration = dt.timedelta(seconds=60)  # the incremental tick
+    full_scan_interval: Duration = dt.timedelta(hours=1)  # the full scan that audits ticks
     usage_on_plan_change: Annotated[str, BeforeValidator(_usage_policy)] = "Reset"
     expiry_grace_period: Duration = dt.timedelta(hours=0)
     batch_size: Annotated[int, BeforeValidator(_positive_integer)] = 5000

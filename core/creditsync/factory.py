@@ -80,7 +80,8 @@ class Factory:
         """The standalone convergence loop (and the periodic audit when `client` is given)."""
         return runner.Runner(self.engine, interval or self.settings.sync_interval,
                              self.settings.batch_size, alerter=alerter, marketplace=client,
-                             audit_interval=self.settings.marketplace_audit_interval)
+                             audit_interval=self.settings.marketplace_audit_interval,
+                             full_scan_interval=self.settings.full_scan_interval)
 
     async def ingress(self, *, threads: int, pool_size: int) -> ingest.Ingress:
         """The webhook's ingest service on this engine (an async pool on PostgreSQL)."""
