@@ -108,6 +108,7 @@ class _DatabaseGauges(Collector):
             engine = self.engine()
             backlog_counts = reports.inbox_backlog(engine)
             drifted = reports.last_full_run_drifted(engine)
+            missed = reports.last_full_scan_missed(engine)
         except (sa.exc.SQLAlchemyError, RuntimeError) as exc:
             log.warning("metrics: database unavailable (%s); gauges left out", exc)
             return
@@ -122,4 +123,9 @@ class _DatabaseGauges(Collector):
             yield GaugeMetricFamily(
                 "creditsync_drifted_instances",
                 "Instances found drifted by the latest full convergence run.", value=drifted)
+        if missed is not None:
+            yield GaugeMetricFamily(
+                "creditsync_full_scan_missed",
+                "Instances the latest full scan changed that no incremental tick had been told "
+                "about (0 in a correct system; alerts when not).", value=missed)
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import pydantic
 import pydantic_settings
-from pydantic import BeforeValidator, SecretStr, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationInfo
 
 from creditsync import enums, errors
 
@@ -106,7 +106,15 @@ def _usage_policy(value: object, info: ValidationInfo) -> object:
     return str(value)
 
 
+def _positive_duration(value: dt.timedelta, info: ValidationInfo) -> dt.timedelta:
+    if value <= dt.timedelta(0):
+        raise ValueError(f"{variable(str(info.field_name))}: use a duration above 0, e.g. 1h")
+    return value
+
+
 Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[dt.timedelta, BeforeValidator(_duration),
+                             AfterValidator(_positive_duration)]
 
 
 class Settings(pydantic_settings.BaseSettings):
@@ -121,7 +129,7 @@ class Settings(pydantic_settings.BaseSettings):
     admin_token: SecretStr | None = None
     plans_file: Path | None = None
     sync_interval: Duration = dt.timedelta(seconds=60)  # the incremental tick
-    full_scan_interval: Duration = dt.timedelta(hours=1)  # the full scan that audits ticks
+    full_scan_interval: PositiveDuration = dt.timedelta(hours=1)  # the full scan that audits ticks
     usage_on_plan_change: Annotated[str, BeforeValidator(_usage_policy)] = "Reset"
     expiry_grace_period: Duration = dt.timedelta(hours=0)
     batch_size: Annotated[int, BeforeValidator(_positive_integer)] = 5000

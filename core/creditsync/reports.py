@@ -283,6 +283,19 @@ def last_full_run_drifted(engine: Engine) -> int | None:
     return None if found is None else int(found)
 
 
+def last_full_scan_missed(engine: Engine) -> int | None:
+    """What the latest finished full scan found that the incremental ticks had missed
+    (None: no full scan yet); 0 in a correct system."""
+    runs = models.SYNC_RUNS
+    query = (sa.select(runs.c.missed)
+             .where(runs.c.missed.is_not(None), runs.c.finished_at.is_not(None),
+                    runs.c.error.is_(None))
+             .order_by(runs.c.started_at.desc()).limit(1))
+    with database.read(engine) as conn:
+        found = conn.execute(query).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
 @dataclass(frozen=True)
 class AuditDay:
     day: dt.date

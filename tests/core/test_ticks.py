@@ -3,10 +3,10 @@ loop's schedule, and the property that ticks alone give what full converges give
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +22,6 @@ from creditsync import (
     catalog,
     changes,
     convergence,
-    enums,
     inbox,
     instances,
     plans,
@@ -99,7 +98,8 @@ def test_a_tick_resets_the_periods_that_ended(engine: Engine) -> None:
     summary = convergence.tick(engine, now=T0 + 35 * DAY)
     assert summary.candidates["period_ended"] == 1
     row = instance(engine, "early")
-    assert row.credits_used_month == 0 and row.period_end > T0 + 35 * DAY
+    assert row.credits_used_month == 0
+    assert row.period_end > T0 + 35 * DAY
     assert convergence.tick(engine, now=T0 + 35 * DAY).scanned == 0  # done: out of the range
 
 
@@ -144,7 +144,8 @@ def test_the_full_scan_counts_what_the_ticks_missed(engine: Engine) -> None:
     hand_edit(engine, "b", credits_total=7)  # not announced
     summary = convergence.full_scan(engine, now=T0 + HOUR)
     assert (summary.scanned, summary.repaired, summary.missed) == (3, 2, 1)
-    assert summary.trigger == "full_scan" and summary.scope == "all"
+    assert summary.trigger == "full_scan"
+    assert summary.scope == "all"
     with database.read(engine) as conn:
         row = conn.execute(sa.select(_runs).where(_runs.c.id == summary.run_id)).one()
         assert changes.expiry_mark(conn) == T0 + HOUR
@@ -180,7 +181,8 @@ def test_the_loop_ticks_and_scans_in_full_on_its_own_interval(engine: Engine) ->
         rows = conn.execute(sa.select(_runs.c.trigger, _runs.c.scope, _runs.c.missed)
                             .order_by(_runs.c.started_at)).all()
     triggers = [row.trigger for row in rows]
-    assert triggers[0] == "startup" and triggers.count("full_scan") == 2, triggers
+    assert triggers[0] == "startup", triggers
+    assert triggers.count("full_scan") == 2, triggers
     assert triggers.count("tick") >= 5, triggers
     assert {(row.scope, row.missed) for row in rows if row.trigger == "tick"} == {
         ("changed", None)}
@@ -258,10 +260,8 @@ def _apply(engine: Engine, action: tuple[str, str, object], prefix: str, now: dt
         policy_store.store(engine, policy.Policy(expiry_grace_period=arg * DAY), "test", now)
     elif kind == "consume":
         assert isinstance(arg, int)
-        try:
+        with contextlib.suppress(usage.InsufficientCredits):
             usage.consume(engine, prefix + name, arg, uuid.uuid4().hex, now=now)
-        except usage.InsufficientCredits:
-            pass
     elif kind == "converge":
         if incremental:
             convergence.tick(engine, now=now)
