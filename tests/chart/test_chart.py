@@ -152,8 +152,9 @@ def test_defaults_render_the_original_plans_and_a_credit_sync() -> None:
         "scale": {"monthlyCredits": 25000, "displayName": "Scale", "default": False}}
     sync = find(out, "CreditSync")
     assert sync["metadata"]["name"] == "creditsync"
-    assert sync["spec"] == {"interval": "60s", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                            "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
+    assert sync["spec"] == {"interval": "60s", "fullScanInterval": "1h", "batchSize": 5000,
+                            "usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
+                            "suspend": False, "dryRun": False,
                             "marketplaceAudit": {"interval": "6h"}}
     for m in out:
         if m["apiVersion"] == "creditsync.io/v1alpha1":
