@@ -7,7 +7,8 @@ restart:
 - the first turn of a loop is a `startup` run (a full scan);
 - a failed run (database down, lock held elsewhere) is retried when its backoff is over;
 - a CreditPlan change makes a `plan_change` tick promptly;
-- a new spec generation (resumed, dry run switched off, ...) ticks now;
+- a new spec generation (resumed, dry run switched on or off, ...) scans in full now: a
+  changed spec reports on every instance at once;
 - a `full_scan` once `fullScanInterval` has passed since the last full scan started;
 - otherwise a `tick` once `interval` has passed since the last run started.
 
@@ -82,7 +83,7 @@ def decide(
     if plan_generation != state.seen_plan_generation:
         return Decision("run", PLAN_CHANGE, parsed)
     if generation != state.seen_generation:
-        return Decision("run", TICK, parsed)
+        return Decision("run", FULL_SCAN, parsed)
     if now - (state.last_full or state.last_run) >= parsed.full_scan_interval.total_seconds():
         return Decision("run", FULL_SCAN, parsed)
     if now - state.last_run >= parsed.interval.total_seconds():

@@ -68,14 +68,15 @@ def for_run(
             "failed": summary.failed,
             "planMissing": summary.plan_missing,
             "scope": summary.scope,
+            # a full scan's count of what the ticks missed; null (a merge patch removes it)
+            # for any other run, so a tick never shows the last full scan's
+            "missed": summary.missed,
             "duration": duration(summary.duration_s),
         },
         "webhookBacklog": {status: int(backlog.get(status, 0)) for status in BACKLOG},
     }
     if summary.scope == "all":  # a tick scans only its candidates: the count stays
         fields["instances"] = summary.scanned
-    if summary.missed is not None:
-        fields["lastRun"]["missed"] = summary.missed
     if not summary.dry_run:
         fields["lastSyncTime"] = conditions.timestamp(now)
     if generation is not None:

@@ -51,9 +51,10 @@ def test_a_shorter_interval_takes_effect_at_once() -> None:
     state = LoopState()
     ran(state, now=1000.0)
     faster = specs.SyncSpec(interval=dt.timedelta(seconds=2))
-    # a new generation runs at once, then the new interval counts
-    assert decide(state, faster, generation=2, now=1001.0) == Decision("run", "tick", faster)
-    ran(state, generation=2, now=1001.0)
+    # a new generation scans in full at once, then the new interval counts
+    assert decide(state, faster, generation=2, now=1001.0) == Decision("run", "full_scan",
+                                                                       faster)
+    ran(state, generation=2, now=1001.0, trigger="full_scan")
     assert decide(state, faster, generation=2, now=1002.5) is None
     assert decide(state, faster, generation=2, now=1003.0) == Decision("run", "tick", faster)
 
