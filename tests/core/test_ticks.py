@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from creditsync import (
+    alerts,
     catalog,
     changes,
     convergence,
@@ -167,6 +168,19 @@ def test_a_tick_reports_instances_on_a_plan_the_catalog_lost(engine: Engine) -> 
     for summary in (first, later):
         assert (summary.plan_missing, summary.missing_plans) == (1, {"pro"})
     assert instance(engine, "a").credits_total == 5000  # never downgraded
+
+
+def test_a_full_scan_that_missed_something_alerts_and_a_tick_alerts_no_drift() -> None:
+    tick = convergence.Summary("r", "tick", False, T0, scanned=5, drifted=5, repaired=5,
+                               scope="changed")
+    assert alerts.for_run(tick) == []
+    audit = convergence.Summary("r", "full_scan", False, T0, scanned=50, drifted=2,
+                                repaired=2, missed=2)
+    found = alerts.for_run(audit)
+    assert [alert.key for alert in found] == ["drift", "missed"]
+    assert found[1].title == "the full scan found 2 instances the ticks missed"
+    clean = convergence.Summary("r", "full_scan", False, T0, scanned=50, missed=0)
+    assert alerts.for_run(clean) == []
 
 
 def test_the_loop_ticks_and_scans_in_full_on_its_own_interval(engine: Engine) -> None:
