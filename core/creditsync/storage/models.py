@@ -74,11 +74,26 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if isinstance(value, str):
             return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         assert isinstance(value, dt.datetime)
-        if value.tzinfo is dt.UTC:
-            return value
-        if value.tzinfo is None or value.utcoffset() == _ZERO:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        return _as_utc(value)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """On PostgreSQL a plain function: the sessions are in UTC (`database.create`), so
+        psycopg already returns `dt.UTC` datetimes, and convergence reads millions."""
+        if dialect.name == "postgresql":
+            return _pg_result
+        return super().result_processor(dialect, coltype)
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is dt.UTC:
+        return value
+    if value.tzinfo is None or value.utcoffset() == _ZERO:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _pg_result(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo is dt.UTC else _as_utc(value)
 
 
 # BIGINT identity on PostgreSQL; SQLite's INTEGER PRIMARY KEY is its rowid.
