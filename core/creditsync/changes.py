@@ -11,7 +11,9 @@ Each set is read through an index or a queue written in the same transaction as 
   moves its `period_end` past `now`, so the range holds only what is still to do;
 - expiries crossed: subscriptions whose `expires_at` lies between the cutoff (`now - grace`)
   the last tick converged up to (`tick_marks`) and this tick's, in either order: a longer
-  grace period brings instances back to their paid plan (`ix_subscriptions_expires_at`).
+  grace period brings instances back to their paid plan (`ix_subscriptions_expires_at`); a
+  change of the grace period queues the expiries between its old and new cutoffs, which
+  paths that converged meanwhile may have put on either side.
 
 The webhook, provisioning and usage paths converge their instance at once and queue nothing.
 What nobody announces (a hand edit in the database) is what the full scan is for.
@@ -62,6 +64,16 @@ def plans_changed(conn: Connection, plan_ids: Iterable[str], now: dt.datetime) -
     rows = [{"plan_id": plan_id, "changed_at": now} for plan_id in sorted(set(plan_ids))]
     if rows:
         conn.execute(_catalog.insert(), rows)
+
+
+def expiry_window(conn: Connection, low: dt.datetime, high: dt.datetime,
+                  now: dt.datetime) -> None:
+    """Queue the instances whose subscription expires between `low` and `high` (inside a
+    change of the grace period: between the old cutoff and the new one, an instance a path
+    converged meanwhile may be on the wrong side of the tick's own range)."""
+    ids = conn.execute(sa.select(_s.c.instance_id).where(
+        _s.c.expires_at >= low, _s.c.expires_at <= high, _s.c.status != "removed")).scalars()
+    enqueue(conn, ids, now)
 
 
 def queued(conn: Connection) -> tuple[list[int], set[str]]:

@@ -7,14 +7,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import itertools
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
@@ -34,6 +33,7 @@ from creditsync import (
 from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, accept, count, hand_edit, instance
 from tests.support import database as database_helpers
+from tests.support import waiting
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
 
@@ -126,6 +126,23 @@ def test_a_tick_downgrades_expiries_and_brings_them_back_with_more_grace(
     assert instance(engine, "renewing").plan_id == "pro"
 
 
+def test_a_grace_change_queues_the_expiries_between_its_two_cutoffs(engine: Engine) -> None:
+    provision(engine, "cancelled")
+    accept(engine, "cancelled", "PaidPlanAutoRenewalCancelled", T0, "pro", T0 + 3 * DAY)
+    convergence.tick(engine, now=T0 + HOUR)  # the tick's cutoff: T0 + 1 h
+    # a webhook converges it at once, expired (no grace yet)
+    inbox.ingest(engine, inbox.Incoming("cancelled", "AppInstalled", T0 + 4 * DAY, None, None,
+                                        {}), now=T0 + 4 * DAY)
+    assert instance(engine, "cancelled").plan_id == "free"
+    # two days of grace: paid again until T0 + 5 days; the tick's own range (its last
+    # cutoff T0 + 1 h to T0 + 2 days 2 h) does not reach the expiry, the window queued does
+    policy_store.store(engine, policy.Policy(expiry_grace_period=2 * DAY), "test",
+                       T0 + 4 * DAY + HOUR)
+    summary = convergence.tick(engine, now=T0 + 4 * DAY + 2 * HOUR)
+    assert (summary.candidates["queued"], summary.candidates["expired"]) == (1, 0)
+    assert instance(engine, "cancelled").plan_id == "pro"
+
+
 def test_a_write_that_keeps_losing_its_race_is_queued_for_the_next_tick(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     provision(engine, "busy")
@@ -187,17 +204,28 @@ def test_the_loop_ticks_and_scans_in_full_on_its_own_interval(engine: Engine) ->
     provision(engine, "a")
     loop = runner.Runner(engine, dt.timedelta(seconds=0.2), retry_every=dt.timedelta(
         seconds=0.05), full_scan_interval=dt.timedelta(seconds=1.1))
+
+    def runs() -> list[sa.Row[tuple[object, ...]]]:
+        with database.read(engine) as conn:
+            return list(conn.execute(sa.select(_runs.c.trigger, _runs.c.scope, _runs.c.missed,
+                                               _runs.c.started_at)
+                                     .where(_runs.c.finished_at.is_not(None))
+                                     .order_by(_runs.c.started_at)).all())
+
     thread = loop.start()
-    time.sleep(2.6)
-    loop.stopping.set()
-    thread.join(5)
-    with database.read(engine) as conn:
-        rows = conn.execute(sa.select(_runs.c.trigger, _runs.c.scope, _runs.c.missed)
-                            .order_by(_runs.c.started_at)).all()
+    try:
+        rows = waiting.wait_for("two full scans after the start-up run", lambda: (
+            found := runs()) and [r.trigger for r in found].count("full_scan") >= 2 and found,
+            timeout=20)
+    finally:
+        loop.stopping.set()
+        thread.join(5)
     triggers = [row.trigger for row in rows]
     assert triggers[0] == "startup", triggers
-    assert triggers.count("full_scan") == 2, triggers
-    assert triggers.count("tick") >= 5, triggers
+    assert triggers.count("tick") >= 4, triggers
+    scans = [row.started_at for row in rows if row.trigger != "tick"]
+    assert all(gap >= dt.timedelta(seconds=1.1) for gap in
+               (b - a for a, b in itertools.pairwise(scans))), scans
     assert {(row.scope, row.missed) for row in rows if row.trigger == "tick"} == {
         ("changed", None)}
     assert {row.missed for row in rows if row.trigger != "tick"} == {0}
@@ -299,7 +327,13 @@ def test_ticks_alone_give_what_full_converges_give(
         two_engines: tuple[Engine, Engine], steps: list[tuple[str, str, object]]) -> None:
     ticked, scanned = two_engines
     prefix = f"q{next(_ids)}-"
-    for engine in two_engines:  # every example starts from the built-in catalog and policy
+    note(f"steps: {steps!r}")
+    for engine in two_engines:  # every example starts afresh (its clock starts at T0 again)
+        with database.write(engine) as conn:
+            for table in (models.LEDGER, models.USAGE_REQUESTS, models.WEBHOOK_EVENTS,
+                          models.SUBSCRIPTIONS, models.INSTANCES, models.CONVERGE_QUEUE,
+                          models.CATALOG_CHANGES, models.TICK_MARKS):
+                conn.execute(table.delete())
         catalog.replace_all(engine, plans.DEFAULT_CATALOG, T0)
         policy_store.store(engine, policy.Policy(), "test", T0)
         for name in NAMES:
