@@ -8,10 +8,11 @@ operator's runs) report the same truth; when the database is down they are left 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
@@ -70,7 +71,20 @@ class Metrics:
             "creditsync_marketplace_disagreements", "Instances on which the marketplace "
             "disagreed with our subscription, by action (healed, would_heal, quarantined, "
             "none).", ["action"], registry=r)
-        r.register(_DatabaseGauges(engine))
+        self.gauges = _DatabaseGauges(engine)
+        r.register(self.gauges)
+
+    def exposition(self) -> CollectorRegistry:
+        """What `/metrics` shows: this registry, or, under several worker processes
+        (`creditsync api --workers N` sets `PROMETHEUS_MULTIPROC_DIR`), every worker's
+        counters summed by prometheus_client's multiprocess collector, plus the gauges read
+        from the database."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        shown = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shown)  # type: ignore[no-untyped-call]
+        shown.register(self.gauges)
+        return shown
 
     def webhook(self, event_type: str, outcome: str) -> None:
         label = event_type if event_type in KNOWN_EVENTS else "other"

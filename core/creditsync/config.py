@@ -64,6 +64,20 @@ def format_duration(delta: dt.timedelta) -> str:
     return "".join(parts)
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """`settings` as the environment `from_env` reads back (what worker processes get)."""
+    out: dict[str, str] = {}
+    for name, value in dict(settings).items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dt.timedelta):
+            value = format_duration(value)
+        out[variable(name)] = str(value)
+    return out
+
+
 def variable(field_name: str) -> str:
     """The environment variable that sets `field_name`."""
     return PREFIX + field_name.upper()
