@@ -136,7 +136,8 @@ class _DatabaseGauges(Collector):
         if drifted is not None:
             yield GaugeMetricFamily(
                 "creditsync_drifted_instances",
-                "Instances found drifted by the latest full convergence run.", value=drifted)
+                "Instances found drifted by the latest full convergence run (a full scan: those "
+                "its ticks had missed).", value=drifted)
         if missed is not None:
             yield GaugeMetricFamily(
                 "creditsync_full_scan_missed",

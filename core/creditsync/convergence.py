@@ -159,7 +159,11 @@ def full_scan(
     pol = policy_store.resolve(engine, pol)
 
     def body(summary: Summary, correlation: str) -> None:
-        pending = _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
+        if dry_run:  # nothing converges: the full pass alone counts, announced or not
+            with database.read(engine) as conn:
+                pending = changes.collect(conn, now, pol.expiry_grace_period)
+        else:
+            pending = _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
         summary.announced = frozenset(pending.instance_ids)
         summary.missed = 0
         summary.scanned = drift.count_instances(engine)

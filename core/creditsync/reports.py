@@ -271,9 +271,11 @@ def inbox_backlog(engine: Engine) -> dict[str, int]:
 
 
 def last_full_run_drifted(engine: Engine) -> int | None:
-    """How many instances the latest finished full convergence run found drifted."""
+    """How many instances the latest finished full convergence run found drifted; for a
+    full scan after a tick, those the ticks missed (what its tick converged was announced
+    change, not drift)."""
     runs = models.SYNC_RUNS
-    query = (sa.select(runs.c.drifted)
+    query = (sa.select(sa.func.coalesce(runs.c.missed, runs.c.drifted))
              .where(runs.c.scope == "all", runs.c.dry_run.is_(False),
                     runs.c.finished_at.is_not(None), runs.c.error.is_(None),
                     runs.c.trigger != enums.Trigger.AUDIT)
