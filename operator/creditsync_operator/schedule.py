@@ -6,9 +6,9 @@ restart:
 
 - the first turn of a loop is a `startup` run (a full scan);
 - a failed run (database down, lock held elsewhere) is retried when its backoff is over;
-- a CreditPlan change makes a `plan_change` tick promptly;
 - a new spec generation (resumed, dry run switched on or off, ...) scans in full now: a
-  changed spec reports on every instance at once;
+  changed spec reports on every instance at once (a plan change held back meanwhile too);
+- a CreditPlan change makes a `plan_change` tick promptly;
 - a `full_scan` once `fullScanInterval` has passed since the last full scan started;
 - otherwise a `tick` once `interval` has passed since the last run started.
 
@@ -80,10 +80,10 @@ def decide(
         return None
     if state.last_run is None:
         return Decision("run", STARTUP, parsed)
+    if generation != state.seen_generation:  # covers a plan change held back meanwhile
+        return Decision("run", FULL_SCAN, parsed)
     if plan_generation != state.seen_plan_generation:
         return Decision("run", PLAN_CHANGE, parsed)
-    if generation != state.seen_generation:
-        return Decision("run", FULL_SCAN, parsed)
     if now - (state.last_full or state.last_run) >= parsed.full_scan_interval.total_seconds():
         return Decision("run", FULL_SCAN, parsed)
     if now - state.last_run >= parsed.interval.total_seconds():

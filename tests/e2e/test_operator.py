@@ -262,9 +262,9 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
     assert "spec.batchSize in body should be greater than or equal to 1" in out.stderr
     # defaults come from the schema
     spec = system.sync()["spec"]
-    assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                    "expiryGracePeriod": "0s", "suspend": False, "dryRun": False,
-                    "marketplaceAudit": {"interval": "6h"}}
+    assert spec == {"interval": "1h", "fullScanInterval": "1h", "batchSize": 5000,
+                    "usageOnPlanChange": "Reset", "expiryGracePeriod": "0s", "suspend": False,
+                    "dryRun": False, "marketplaceAudit": {"interval": "6h"}}
 
 
 def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
@@ -439,7 +439,8 @@ def test_suspend_holds_convergence_until_resumed(system: System) -> None:
     system.patch("creditsyncs", "creditsync", {"suspend": False})
     obj = system.wait_sync("convergence after resuming", lambda s: s["status"]["lastRun"][
         "runId"] != run_id and status_of(s, "Ready") == ("True", "Synced"))
-    assert obj["status"]["lastRun"]["trigger"] == "plan_change"
+    # a new generation: a full scan, which also repairs the hand edits nobody announced
+    assert obj["status"]["lastRun"]["trigger"] == "full_scan"
     assert system.credits("starter") == {("starter", 1500)}
     assert system.drifted() == []
 

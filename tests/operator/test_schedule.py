@@ -75,8 +75,8 @@ def test_suspended_is_reported_once_per_generation_and_holds_plan_changes() -> N
                                                                        spec=suspended)
     schedule.reported(state, "suspended", 2)
     assert decide(state, suspended, generation=2, plans=1, now=5000.0) is None
-    # resumed: the held-back plan change runs first
-    assert decide(state, generation=3, plans=1, now=5000.0) == Decision("run", "plan_change",
+    # resumed: a full scan, which converges the held-back plan change too
+    assert decide(state, generation=3, plans=1, now=5000.0) == Decision("run", "full_scan",
                                                                        SPEC)
 
 

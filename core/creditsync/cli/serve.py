@@ -98,6 +98,7 @@ def build_app(ctx: Context) -> FastAPI:
 
 WORKER_ENV = "CREDITSYNC_INTERNAL_WORKER"  # what a worker process needs beyond the settings
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: counters shared by workers
+WORKER_START_S = 120  # how long a worker may take to start answering its supervisor
 
 
 def default_workers() -> int:
@@ -129,7 +130,10 @@ def serve(app: FastAPI, host: str, port: int, access_log: bool, *, workers: int 
             os.environ[MULTIPROC_DIR] = shared
             os.environ[WORKER_ENV] = json.dumps({"level": log_level, "json": log_json})
             try:
+                # a worker's first answer waits for its imports (seconds on a busy
+                # machine): uvicorn's default 5 s would kill and restart it forever
                 uvicorn.run("creditsync.cli.serve:worker_app", factory=True, workers=workers,
+                            timeout_worker_healthcheck=WORKER_START_S,
                             **options)  # type: ignore[arg-type]
             finally:
                 for name in (MULTIPROC_DIR, WORKER_ENV):
