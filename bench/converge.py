@@ -10,6 +10,13 @@ original system's per-row approach, in one run on one database.
     SELECT in one transaction on SQLite);
 (d) the original system's approach: per instance read subscription, read plan, update,
     commit — timed on 20,000 instances and scaled to N.
+With `--ticks`, on the same database: the first 100,000 instances are seeded and converged
+first, and the tick with the same changes as (f) below is timed at N = 100,000 before the
+rest are seeded; after (b):
+(e) the incremental tick with nothing changed at N;
+(f) the tick after 1,000 subscription changes (queued, as a path that does not converge at
+    once does), 500 ended periods and 200 expiries, at N — every change converged by it;
+(g) is (b), the full steady scan.
 Ends with one JSON line. The database must be empty or disposable: the benchmark writes
 instances with the prefix `bench-` and removes them first.
 """
@@ -28,11 +35,13 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from creditsync import catalog, clock, convergence, policy, seed
-from creditsync.storage import database, schema
+from creditsync import catalog, changes, clock, convergence, drift, policy, seed
+from creditsync.storage import database, models, schema
 
 PREFIX = "bench-"
 ORIGINAL_SAMPLE = 20_000
+TICK_SMALL = 100_000
+SUB_CHANGES, ENDED_PERIODS, EXPIRIES = 1000, 500, 200
 
 
 def log(message: str) -> None:
@@ -111,13 +120,59 @@ def original_approach(engine: sa.Engine, ids: list[str], now: dt.datetime) -> fl
     return time.perf_counter() - started
 
 
+def announce(engine: sa.Engine, now: dt.datetime, moment: dt.datetime) -> list[str]:
+    """The changes a tick is timed on: `SUB_CHANGES` plan changes accepted without
+    converging (queued in the same transaction, as `subscription_store.accept` does),
+    `EXPIRIES` subscriptions cancelled and expired at `moment`, `ENDED_PERIODS` periods
+    ended at `moment`. Returns the instances changed."""
+    s, i = models.SUBSCRIPTIONS, models.INSTANCES
+    with database.write(engine) as conn:
+        paid = conn.execute(sa.select(s.c.instance_id, s.c.plan_id).where(
+            s.c.instance_id.like(PREFIX + "%"), s.c.status == "active")
+            .order_by(s.c.instance_id).limit(SUB_CHANGES + EXPIRIES)).all()
+        changed, expiring = paid[:SUB_CHANGES], [r.instance_id for r in paid[SUB_CHANGES:]]
+        conn.execute(s.update().where(s.c.instance_id == sa.bindparam("b_id")).values(
+            plan_id=sa.bindparam("b_plan"), rev=s.c.rev + 1, source_time=now, updated_at=now),
+            [{"b_id": r.instance_id, "b_plan": "scale" if r.plan_id == "pro" else "pro"}
+             for r in changed])
+        changes.enqueue(conn, [r.instance_id for r in changed], now)
+        conn.execute(s.update().where(s.c.instance_id.in_(expiring)).values(
+            status="cancelled", expires_at=moment, updated_at=now))
+        unpaid = ~sa.exists().where(s.c.instance_id == i.c.instance_id)
+        ended = list(conn.execute(sa.select(i.c.instance_id).where(
+            i.c.instance_id.like(PREFIX + "%"), unpaid).order_by(i.c.instance_id)
+            .limit(ENDED_PERIODS)).scalars())
+        conn.execute(i.update().where(i.c.instance_id.in_(ended)).values(period_end=moment))
+    found = [r.instance_id for r in changed] + expiring + ended
+    assert len(set(found)) == SUB_CHANGES + EXPIRIES + ENDED_PERIODS, len(set(found))
+    return found
+
+
+def timed_tick(engine: sa.Engine, pol: policy.Policy, now: dt.datetime, batch_size: int,
+               label: str) -> float:
+    """Announce the changes, then time one tick; every change must be converged by it."""
+    ids = announce(engine, now - dt.timedelta(minutes=5), now - dt.timedelta(minutes=2))
+    vacuum(engine)
+    t = time.perf_counter()
+    summary = convergence.tick(engine, pol=pol, now=now, batch_size=batch_size)
+    took = time.perf_counter() - t
+    log(f"{label}: {summary.line()}")
+    assert (summary.repaired, summary.failed) == (len(ids), 0), summary.line()
+    left = list(drift.scan(engine, instance_ids=ids, now=now, pol=pol))
+    assert not left, f"{len(left)} announced changes left drifted: {left[:3]}"
+    return took
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--drifted", type=float, default=10.0)
     parser.add_argument("--batch-size", type=int, default=20_000)
+    parser.add_argument("--ticks", action="store_true",
+                        help="also time the incremental tick: (e), (f) at N and at 100,000")
     args = parser.parse_args()
+    pol = policy.Policy()
 
     engine = database.create(args.database_url)
     sqlite = database.is_sqlite(engine)
@@ -125,13 +180,30 @@ def main() -> None:
     now = clock.utcnow()
     with database.write(engine) as conn:
         catalog.seed(conn, None, now)
-        for table in ("ledger", "subscriptions", "instances", "usage_requests"):
+        for table in ("ledger", "subscriptions", "instances", "usage_requests",
+                      "converge_queue"):
             conn.execute(sa.text(f"DELETE FROM {table} WHERE instance_id LIKE :p"),
                          {"p": PREFIX + "%"})
         default_plan = catalog.load(conn).default.id
-    log(f"seeding {args.instances:,} instances, {args.drifted}% drifted")
+    result: dict[str, object] = {}
+    ticks: dict[str, float] = {}
+    rest, percent, prefix = args.instances, args.drifted, PREFIX
+    if args.ticks:
+        small = min(TICK_SMALL, args.instances // 10)  # N / 10 below a million
+        log(f"--ticks: seeding and converging {small:,} instances first")
+        early = now - dt.timedelta(hours=1)  # so that the rest of the run is later
+        seed.seed(engine, small, args.drifted, now=early, prefix=PREFIX + "a")
+        vacuum(engine)
+        convergence.full_scan(engine, pol=pol, now=early, batch_size=args.batch_size)
+        result["tick_small_instances"] = small
+        ticks["tick_100k_s"] = timed_tick(engine, pol, early + dt.timedelta(minutes=10),
+                                          args.batch_size, f"(f) tick at {small:,}")
+        # the rest, drifted so that N as a whole has the drift asked for
+        rest, prefix = args.instances - small, PREFIX + "b"
+        percent = 100 * seed.drifted_count(args.instances, args.drifted) / max(rest, 1)
+    log(f"seeding {rest:,} instances, {percent:.2f}% drifted")
     t = time.perf_counter()
-    drifted = seed.seed(engine, args.instances, args.drifted, now=now, prefix=PREFIX)
+    drifted = seed.seed(engine, rest, percent, now=now, prefix=prefix)
     log(f"seeded in {time.perf_counter() - t:.1f}s; {drifted:,} drifted")
     vacuum(engine)
 
@@ -147,7 +219,6 @@ def main() -> None:
     vacuum(engine)
 
     log("(a) creditsync converge")
-    pol = policy.Policy()
     t = time.perf_counter()
     full = convergence.converge(engine, trigger="cli", actor="cli", pol=pol, now=now,
                                 batch_size=args.batch_size)
@@ -162,6 +233,17 @@ def main() -> None:
     steady_s = time.perf_counter() - t
     assert steady.drifted == 0, steady.line()
 
+    if args.ticks:
+        log("(e) the incremental tick with nothing changed")
+        t = time.perf_counter()
+        idle = convergence.tick(engine, pol=pol, now=now + dt.timedelta(minutes=20),
+                                batch_size=args.batch_size)
+        ticks["tick_idle_1m_s"] = time.perf_counter() - t
+        assert idle.scanned == 0, idle.line()
+        log("(f) the tick with 1,000 subscription changes, 500 ended periods, 200 expiries")
+        ticks["tick_1m_s"] = timed_tick(engine, pol, now + dt.timedelta(minutes=30),
+                                        args.batch_size, f"(f) tick at {args.instances:,}")
+
     sample = min(ORIGINAL_SAMPLE, args.instances)
     log(f"(d) the original per-row approach on {sample:,} instances")
     with database.read(engine) as conn:
@@ -172,7 +254,7 @@ def main() -> None:
     per_row_s = per_row_sample_s / sample * args.instances
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {
+    result |= {
         "dialect": engine.dialect.name, "instances": args.instances, "drifted": drifted,
         "converge_s": round(converge_s, 3), "floor_s": round(floor_s, 3),
         "steady_scan_s": round(steady_s, 3), "per_row_s": round(per_row_s, 1),
@@ -181,6 +263,10 @@ def main() -> None:
         "per_row_over_converge": round(per_row_s / converge_s, 1),
         "peak_rss_mb": round(peak, 1),
     }
+    if args.ticks:
+        result |= {key: round(value, 4) for key, value in ticks.items()}
+        result["tick_idle_over_steady"] = round(ticks["tick_idle_1m_s"] / steady_s, 4)
+        result["tick_1m_over_100k"] = round(ticks["tick_1m_s"] / ticks["tick_100k_s"], 2)
     print(json.dumps(result))
 
 

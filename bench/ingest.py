@@ -3,8 +3,9 @@
     python bench/ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
 
 Point it at a throwaway PostgreSQL database (it upgrades the schema, seeds instances and
-creates a `bench_floor` table). It starts its own servers, one uvicorn worker each, one at
-a time, and measures in one run, at concurrency 32 (keep-alive connections):
+creates a `bench_floor` table). It starts its own servers, each with `--workers` uvicorn
+worker processes (default 1; the floor is measured with the same number as creditsync), one
+at a time, and measures in one run, at concurrency 32 (keep-alive connections):
 
 1. bare: a FastAPI endpoint that only answers 200;
 2. floor: the durability floor, the simplest fast endpoint that inserts one ~500-byte row
@@ -103,9 +104,26 @@ def floor_app(conninfo: str) -> Any:
     return app
 
 
-def serve(kind: str, port: int, conninfo: str | None) -> None:
+FLOOR_CONNINFO = "BENCH_FLOOR_CONNINFO"
+
+
+def bare_factory() -> Any:
+    return bare_app()
+
+
+def floor_factory() -> Any:
+    return floor_app(os.environ[FLOOR_CONNINFO])
+
+
+def serve(kind: str, port: int, conninfo: str | None, workers: int = 1) -> None:
     import uvicorn
 
+    if workers > 1:  # worker processes import the app by name
+        os.environ[FLOOR_CONNINFO] = conninfo or ""
+        uvicorn.run(f"ingest:{kind}_factory", factory=True, workers=workers,
+                    app_dir=str(Path(__file__).resolve().parent), host=HOST, port=port,
+                    log_level="warning", access_log=False)
+        return
     app = bare_app() if kind == "bare" else floor_app(conninfo or "")
     uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
 
@@ -366,23 +384,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=4.0,
                         help="Seconds per throughput phase (default 4).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Worker processes of every server measured (default 1).")
     parser.add_argument("--serve", choices=("bare", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.database_url)
+        serve(args.serve, args.port, args.database_url, args.workers)
         return 0
     url: str | None = args.database_url
     if not url or not url.startswith("postgresql"):
         parser.error("--database-url must be a PostgreSQL URL (postgresql+psycopg://...)")
-    return measure(url, args.concurrency, args.duration)
+    return measure(url, args.concurrency, args.duration, args.workers)
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(url: str, concurrency: int, duration: float) -> int:
+def measure(url: str, concurrency: int, duration: float, workers: int = 1) -> int:
     from creditsync_api import devkeys
 
     conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -398,7 +418,8 @@ def measure(url: str, concurrency: int, duration: float) -> int:
            "CREDITSYNC_APP_SECRET": workload.app_secret,
            "CREDITSYNC_ADMIN_TOKEN": "bench-admin-" + uuid.uuid4().hex}
     me = [sys.executable, str(Path(__file__).resolve())]
-    out: dict[str, Any] = {"concurrency": concurrency}
+    out: dict[str, Any] = {"concurrency": concurrency, "workers": workers}
+    each = ["--workers", str(workers)]
 
     def throughput(name: str, port: int, jobs: list[Job]) -> float:
         run_load(port, jobs[:300], concurrency)  # warm-up
@@ -413,12 +434,12 @@ def measure(url: str, concurrency: int, duration: float) -> int:
         return rps
 
     port = free_port()
-    with server([*me, "--serve", "bare", "--port", str(port)], port, env):
+    with server([*me, "--serve", "bare", "--port", str(port), *each], port, env):
         bare = http_request("POST", "/bare", b"x" * 500)
         out["bare_rps"] = round(throughput("bare", port, [Job(bare)] * int(20_000 * duration)))
     port = free_port()
-    with server([*me, "--serve", "floor", "--port", str(port), "--database-url", conninfo],
-                port, env):
+    with server([*me, "--serve", "floor", "--port", str(port), "--database-url", conninfo,
+                 *each], port, env):
         row = json.dumps({"event": "x" * 470}).encode()
         floor = http_request("POST", "/floor", row, content_type="application/json")
         out["floor_rps"] = round(throughput("floor", port, [Job(floor)] * int(8000 * duration)))
@@ -427,7 +448,7 @@ def measure(url: str, concurrency: int, duration: float) -> int:
     signed = workload.events(300 + int(max(out["floor_rps"], 500) * duration))
     port = free_port()
     command = [sys.executable, "-m", "creditsync.cli.main", "--log-json", "api", "--port",
-               str(port)]
+               str(port), *each]
     with server(command, port, env):
         jobs = [Job(http_request("POST", "/api/webhooks/billing", body.encode()))
                 for _, _, body in signed]

@@ -9,10 +9,11 @@ left out.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
@@ -82,7 +83,20 @@ class Metrics:
             "creditsync_app_event_deliveries", "Attempts to deliver events to the app made by "
             "this process, by outcome (delivered; retry: failed, tried again later; dead: "
             "failed for the last time).", ["outcome"], registry=r)
-        r.register(_DatabaseGauges(engine))
+        self.gauges = _DatabaseGauges(engine)
+        r.register(self.gauges)
+
+    def exposition(self) -> CollectorRegistry:
+        """What `/metrics` shows: this registry, or, under several worker processes
+        (`creditsync api --workers N` sets `PROMETHEUS_MULTIPROC_DIR`), every worker's
+        counters summed by prometheus_client's multiprocess collector, plus the gauges read
+        from the database."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        shown = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shown)  # type: ignore[no-untyped-call]
+        shown.register(self.gauges)
+        return shown
 
     def webhook(self, event_type: str, outcome: str) -> None:
         label = event_type if event_type in KNOWN_EVENTS else "other"
@@ -127,6 +141,7 @@ class _DatabaseGauges(Collector):
             drifted = reports.last_full_run_drifted(engine)
             event_counts = outbox.counts(engine)
             oldest = outbox.oldest_pending_age(engine, clock.utcnow())
+            missed = reports.last_full_scan_missed(engine)
         except (sa.exc.SQLAlchemyError, RuntimeError) as exc:
             log.warning("metrics: database unavailable (%s); gauges left out", exc)
             return
@@ -151,5 +166,11 @@ class _DatabaseGauges(Collector):
         if drifted is not None:
             yield GaugeMetricFamily(
                 "creditsync_drifted_instances",
-                "Instances found drifted by the latest full convergence run.", value=drifted)
+                "Instances found drifted by the latest full convergence run (a full scan: those "
+                "its ticks had missed).", value=drifted)
+        if missed is not None:
+            yield GaugeMetricFamily(
+                "creditsync_full_scan_missed",
+                "Instances the latest full scan changed that no incremental tick had been told "
+                "about (0 in a correct system; alerts when not).", value=missed)
 

@@ -39,6 +39,7 @@ log = logging.getLogger("creditsync.alerts")
 
 Severity = Literal["info", "warning", "critical"]
 DRIFT, WEBHOOKS, DEGRADED, RECOVERED = "drift", "webhooks", "degraded", "recovered"
+MISSED = "missed"
 QUEUE_SIZE = 100
 SAMPLE = 5
 
@@ -286,11 +287,13 @@ def for_run(summary: convergence.Summary) -> list[Alert]:
     """A run that found drift alerts: users had (or, in a dry run, still have) wrong credits.
 
     Instances on a plan missing from the catalog are not drift to repair; the loop's
-    `Degraded`/`PlanMissing` alert covers them.
+    `Degraded`/`PlanMissing` alert covers them. A tick converges changes it was told about
+    (a period ended, a queued subscription): that is no drift, and it alerts nothing.
     """
+    found = missed(summary)
     drifted = summary.drifted - summary.plan_missing
-    if drifted <= 0:
-        return []
+    if drifted <= 0 or summary.scope == "changed":
+        return found
     if summary.dry_run:
         text = (f"A dry run ({summary.trigger}) found {drifted:,} of "
                 f"{summary.scanned:,} instances drifted; nothing was repaired.")
@@ -301,7 +304,22 @@ def for_run(summary: convergence.Summary) -> list[Alert]:
             text += f" {summary.failed:,} could not be repaired and will be retried."
     if summary.changes:
         text += f"\nExamples: {_sample(summary)}"
-    return [Alert(DRIFT, "warning", f"{drifted:,} instances had drifted credits", text)]
+    return [Alert(DRIFT, "warning", f"{drifted:,} instances had drifted credits", text),
+            *found]
+
+
+def missed(summary: convergence.Summary) -> list[Alert]:
+    """A full scan that changed instances no tick had been told about: something changes
+    credits without announcing it (a hand edit, a path that neither converges nor queues)."""
+    if not summary.missed:
+        return []
+    return [Alert(MISSED, "warning",
+                  f"the full scan found {summary.missed:,} instances the ticks missed",
+                  f"A {summary.trigger} run changed {summary.missed:,} instances that no "
+                  "incremental tick had been told about: something changes instances or "
+                  "subscriptions without converging or queuing them (a hand edit in the "
+                  "database?). They are repaired now; until the cause is found they wait for "
+                  "the full scan (CREDITSYNC_FULL_SCAN_INTERVAL).")]
 
 
 def for_backlog(before: Mapping[str, int] | None, after: Mapping[str, int]) -> list[Alert]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import plans
+from creditsync import changes, plans
 from creditsync.storage import database, models
 
 _plans = models.PLANS
@@ -99,7 +99,8 @@ def seed(conn: Connection, source: Path | None, now: dt.datetime) -> bool:
     if conn.execute(sa.select(sa.func.count()).select_from(_plans)).scalar_one():
         return False
     catalog = plans.load_file(source) if source else plans.DEFAULT_CATALOG
-    replace(conn, catalog, now)
+    # nothing converged against an empty catalog: no tick has anything to redo
+    _write(conn, {plan.id: plan for plan in catalog.plans}, now, announce=False)
     return True
 
 
@@ -123,7 +124,7 @@ def delete(conn: Connection, plan_id: str, now: dt.datetime) -> CatalogChange:
 
 def _write(
     conn: Connection, wanted: dict[str, plans.Plan], now: dt.datetime,
-    allow_no_default: bool = False,
+    allow_no_default: bool = False, announce: bool = True,
 ) -> CatalogChange:
     plans.validate(list(wanted.values()), require_default=not allow_no_default)
     existing = {p.id: p for p in read_plans(conn)}
@@ -145,4 +146,7 @@ def _write(
     ]
     if rows:
         conn.execute(_plans.insert(), rows)
-    return CatalogChange(added, changed, removed)
+    change = CatalogChange(added, changed, removed)
+    if announce:  # the next tick converges the instances on these plans
+        changes.plans_changed(conn, change.touched, now)
+    return change

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import pydantic
 import pydantic_settings
-from pydantic import BeforeValidator, SecretStr, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, SecretStr, ValidationInfo
 
 from creditsync import enums, errors, thresholds
 
@@ -64,6 +64,20 @@ def format_duration(delta: dt.timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """`settings` as the environment `from_env` reads back (what worker processes get)."""
+    out: dict[str, str] = {}
+    for name, value in dict(settings).items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dt.timedelta):
+            value = format_duration(value)
+        out[variable(name)] = str(value)
+    return out
 
 
 def variable(field_name: str) -> str:
@@ -156,7 +170,15 @@ def _http_url(value: object, info: ValidationInfo) -> object:
     return value
 
 
+def _positive_duration(value: dt.timedelta, info: ValidationInfo) -> dt.timedelta:
+    if value <= dt.timedelta(0):
+        raise ValueError(f"{variable(str(info.field_name))}: use a duration above 0, e.g. 1h")
+    return value
+
+
 Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[dt.timedelta, BeforeValidator(_duration),
+                             AfterValidator(_positive_duration)]
 
 
 class Settings(pydantic_settings.BaseSettings):
@@ -170,7 +192,8 @@ class Settings(pydantic_settings.BaseSettings):
     app_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     plans_file: Path | None = None
-    sync_interval: Duration = dt.timedelta(seconds=60)
+    sync_interval: Duration = dt.timedelta(seconds=60)  # the incremental tick
+    full_scan_interval: PositiveDuration = dt.timedelta(hours=1)  # the full scan that audits ticks
     usage_on_plan_change: Annotated[str, BeforeValidator(_usage_policy)] = "Reset"
     expiry_grace_period: Duration = dt.timedelta(hours=0)
     batch_size: Annotated[int, BeforeValidator(_positive_integer)] = 5000

@@ -1,6 +1,8 @@
 """The reconcile engine: converge instances to what their subscription pays for.
 
-One `converge()` serves every trigger (timer, webhook, manual, plan change, CLI). It walks
+One `converge()` serves every trigger (webhook, manual, plan change, CLI); `tick()`
+converges only what can have changed (the candidate sets of `changes`), and `full_scan()`
+audits the ticks: a tick, then a full converge whose changes the ticks missed. It walks
 the instances in keyset batches; SQL finds the drifted rows of a batch (`drift`: desired
 plan and allocation are computed in the query from the subscription and the catalog),
 `policy` decides their new numbers, and one set-based write per batch applies them
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import catalog, clock, drift, events, policy, policy_store
+from creditsync import catalog, changes, clock, drift, enums, events, policy, policy_store
 from creditsync.storage import converge_pg, converge_sqlite, database, models
 
 log = logging.getLogger("creditsync.convergence")
@@ -37,7 +39,13 @@ KEEP_CHANGES = 1000
 
 @dataclass
 class Summary:
-    """What one run found and did."""
+    """What one run found and did.
+
+    `scope`: `all` (a full converge), `instances` (the ids a caller named) or `changed` (a
+    tick: the candidate sets of `changes`). `changed`: instances it found a change for.
+    `missed`: in a full scan that follows a tick, the instances it changed that no tick
+    had been told about (None in any other run); 0 in a correct system.
+    """
 
     run_id: str
     trigger: str
@@ -51,16 +59,24 @@ class Summary:
     duration_s: float = 0.0
     changes: list[policy.Change] = field(default_factory=list)
     missing_plans: set[str] = field(default_factory=set)
+    scope: str = "all"
+    changed: int = 0
+    missed: int | None = None
+    candidates: dict[str, int] = field(default_factory=dict)  # a tick: ids per set
+    # a full scan after a tick: the tick's candidates (what it changes there is not missed)
+    announced: frozenset[str] | None = field(default=None, repr=False)
 
     def line(self) -> str:
+        missed = "" if self.missed is None else f", missed by ticks {self.missed}"
         return (
             f"sync {self.trigger}{' (dry run)' if self.dry_run else ''}: scanned {self.scanned}, "
             f"drifted {self.drifted}, repaired {self.repaired}, failed {self.failed}, "
-            f"plan missing {self.plan_missing} in {self.duration_s:.2f}s"
+            f"plan missing {self.plan_missing}{missed} in {self.duration_s:.2f}s"
         )
 
 
 Progress = Callable[[int], None]
+Body = Callable[[Summary, str], None]
 
 
 def converge(
@@ -83,28 +99,98 @@ def converge(
     """
     now = now or clock.utcnow()
     pol = policy_store.resolve(engine, pol)  # read once per run, as the catalog per batch
+
+    def body(summary: Summary, correlation: str) -> None:
+        summary.scanned = drift.count_instances(engine, instance_ids)
+        _execute(engine, summary, instance_ids, now, pol, batch_size, actor, correlation,
+                 progress)
+        if instance_ids is not None and not dry_run:
+            _touch(engine, instance_ids, now)
+
+    scope = "all" if instance_ids is None else "instances"
+    return _recorded(engine, Summary(str(uuid.uuid4()), trigger, dry_run, now, scope=scope),
+                     correlation_id, record_run, body)
+
+
+def tick(
+    engine: Engine,
+    *,
+    trigger: str = enums.Trigger.TICK,
+    actor: policy.Actor = enums.Actor.TIMER,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    pol: policy.Policy | None = None,
+    batch_size: int = 5000,
+    record_run: bool = True,
+) -> Summary:
+    """Converge what can have changed since the last tick (`changes.collect`), not every
+    instance: what it costs follows what changed, not how many instances there are.
+
+    A dry run writes nothing and leaves the queues as they are.
+    """
+    now = now or clock.utcnow()
+    pol = policy_store.resolve(engine, pol)
+
+    def body(summary: Summary, correlation: str) -> None:
+        _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
+
+    return _recorded(engine, Summary(str(uuid.uuid4()), trigger, dry_run, now, scope="changed"),
+                     None, record_run, body)
+
+
+def full_scan(
+    engine: Engine,
+    *,
+    trigger: str = enums.Trigger.FULL_SCAN,
+    actor: policy.Actor = enums.Actor.TIMER,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    pol: policy.Policy | None = None,
+    batch_size: int = 5000,
+    progress: Progress | None = None,
+    record_run: bool = True,
+) -> Summary:
+    """The audit of the ticks: a tick, then a full converge at the same `now`.
+
+    What the full converge still changes, no tick had been told about (a hand edit in the
+    database, a path that forgot to queue): it is counted in `missed`, 0 in a correct
+    system. Everything up to this run's expiry cutoff is converged afterwards.
+    """
+    now = now or clock.utcnow()
+    pol = policy_store.resolve(engine, pol)
+
+    def body(summary: Summary, correlation: str) -> None:
+        if dry_run:  # nothing converges: the full pass alone counts, announced or not
+            with database.read(engine) as conn:
+                pending = changes.collect(conn, now, pol.expiry_grace_period)
+        else:
+            pending = _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
+        summary.announced = frozenset(pending.instance_ids)
+        summary.missed = 0
+        summary.scanned = drift.count_instances(engine)
+        _execute(engine, summary, None, now, pol, batch_size, actor, correlation, progress)
+        summary.announced = None
+        if not dry_run:
+            with database.write(engine) as conn:
+                changes.mark_expiry(conn, now - pol.expiry_grace_period, now)
+
+    return _recorded(engine, Summary(str(uuid.uuid4()), trigger, dry_run, now), None,
+                     record_run, body)
+
+
+def _recorded(engine: Engine, summary: Summary, correlation_id: str | None, record_run: bool,
+              body: Body) -> Summary:
+    """Run `body` as one recorded sync run (no row for a dry run), timed and logged."""
     started = time.perf_counter()
-    summary = Summary(str(uuid.uuid4()), trigger, dry_run, now)
     correlation = correlation_id or summary.run_id
-    record = record_run and not dry_run
+    record = record_run and not summary.dry_run
     if record:
         with database.write(engine) as conn:
             conn.execute(_runs.insert().values(
-                id=summary.run_id, trigger=trigger, dry_run=False, started_at=now,
-                scope="all" if instance_ids is None else "instances"))
+                id=summary.run_id, trigger=summary.trigger, dry_run=False,
+                started_at=summary.started_at, scope=summary.scope))
     try:
-        summary.scanned = drift.count_instances(engine, instance_ids)
-        conflicts = _run_pass(engine, summary, instance_ids, now, pol, batch_size, actor,
-                              correlation, progress)
-        rounds = 0
-        while conflicts and rounds < MAX_CONFLICT_ROUNDS:
-            rounds += 1
-            summary.drifted -= len(conflicts)  # they are counted again when re-read
-            conflicts = _run_pass(engine, summary, sorted(conflicts), now, pol, batch_size,
-                                  actor, correlation, progress)
-        summary.failed += len(conflicts)
-        if instance_ids is not None and not dry_run:
-            _touch(engine, instance_ids, now)
+        body(summary, correlation)
     except Exception as exc:
         summary.duration_s = time.perf_counter() - started
         if record:
@@ -115,6 +201,66 @@ def converge(
         _finish(engine, summary)
     log.info(summary.line(), extra={"run": _run_fields(summary)})
     return summary
+
+
+def _execute(
+    engine: Engine,
+    summary: Summary,
+    instance_ids: Sequence[str] | None,
+    now: dt.datetime,
+    pol: policy.Policy,
+    batch_size: int,
+    actor: policy.Actor,
+    correlation: str,
+    progress: Progress | None,
+) -> set[str]:
+    """Converge `instance_ids` (None: all), re-reading the writes that lost a race with
+    concurrent usage; returns those that still lost after `MAX_CONFLICT_ROUNDS`."""
+    conflicts = _run_pass(engine, summary, instance_ids, now, pol, batch_size, actor,
+                          correlation, progress)
+    rounds = 0
+    while conflicts and rounds < MAX_CONFLICT_ROUNDS:
+        rounds += 1
+        summary.drifted -= len(conflicts)  # they are counted again when re-read
+        summary.changed -= len(conflicts)
+        if summary.missed is not None:
+            summary.missed -= len(conflicts - (summary.announced or frozenset()))
+        conflicts = _run_pass(engine, summary, sorted(conflicts), now, pol, batch_size,
+                              actor, correlation, progress)
+    summary.failed += len(conflicts)
+    return conflicts
+
+
+def _tick_pass(
+    engine: Engine, summary: Summary, now: dt.datetime, pol: policy.Policy, batch_size: int,
+    actor: policy.Actor, correlation: str,
+) -> changes.Pending:
+    """Converge the candidate sets; queue what lost its race again; mark the sets done."""
+    with database.read(engine) as conn:
+        pending = changes.collect(conn, now, pol.expiry_grace_period)
+    summary.candidates = dict(pending.sets)
+    summary.scanned += len(pending.instance_ids)
+    failed: set[str] = set()
+    if pending.instance_ids:
+        failed = _execute(engine, summary, pending.instance_ids, now, pol, batch_size, actor,
+                          correlation, None)
+    _missing_plans(engine, summary)
+    if not summary.dry_run:
+        with database.write(engine) as conn:
+            changes.enqueue(conn, failed, now)
+            changes.done(conn, pending, now)
+    return pending
+
+
+def _missing_plans(engine: Engine, summary: Summary) -> None:
+    """A tick reports the instances on plans the catalog lacks as a full scan would (an
+    index probe per plan in use), so a tick never clears a `PlanMissing`."""
+    with database.read(engine) as conn:
+        known = {plan.id for plan in catalog.read_plans(conn)}
+        missing = sorted(set(changes.plans_in_use(conn)) - known)
+        on_missing = changes.count_on(conn, missing)
+    summary.missing_plans |= set(missing)
+    summary.plan_missing = max(summary.plan_missing, on_missing)
 
 
 def _run_pass(
@@ -134,9 +280,9 @@ def _run_pass(
         after: str | None = None
         while True:
             with database.write(engine) as conn:
-                rows, changes, applied = _converge_batch(
+                rows, planned, applied = _converge_batch(
                     conn, chunk, after, batch_size, now, pol, actor, correlation, summary)
-            conflicts |= {c.instance_id for c in changes} - applied
+            conflicts |= {c.instance_id for c in planned} - applied
             if progress is not None and rows:
                 progress(len(rows))
             if len(rows) < batch_size:
@@ -158,18 +304,18 @@ def _converge_batch(
 ) -> tuple[list[drift.Candidate], list[policy.Change], set[str]]:
     cat = catalog.load(conn)
     rows = drift.drifted_batch(conn, cat, now, pol, ids, after, batch_size)
-    changes = _plan(rows, now, pol, summary)
-    if changes and not summary.dry_run:
-        applied = _apply(conn, changes, rows, now, actor, correlation)
+    planned = _plan(rows, now, pol, summary)
+    if planned and not summary.dry_run:
+        applied = _apply(conn, planned, rows, now, actor, correlation)
     else:
-        applied = {change.instance_id for change in changes}
-    for change in changes:
+        applied = {change.instance_id for change in planned}
+    for change in planned:
         if change.instance_id in applied:
             summary.repaired += 1
             if len(summary.changes) < KEEP_CHANGES:
                 summary.changes.append(change)
             log_change(change, summary.dry_run)
-    return rows, changes, applied
+    return rows, planned, applied
 
 
 def converge_in(
@@ -193,12 +339,13 @@ def converge_in(
     pending: Sequence[str] = sorted(set(instance_ids))
     summary.scanned = len(pending)
     for _ in range(MAX_CONFLICT_ROUNDS):
-        _rows, changes, applied = _converge_batch(
+        _rows, planned, applied = _converge_batch(
             conn, pending, None, max(len(pending), 1), now, pol, actor, correlation_id, summary)
-        pending = sorted({c.instance_id for c in changes} - applied)
+        pending = sorted({c.instance_id for c in planned} - applied)
         if not pending:
             break
         summary.drifted -= len(pending)
+        summary.changed -= len(pending)
     summary.failed = len(pending)
     if not dry_run:
         conn.execute(_i.update().where(_i.c.instance_id.in_(sorted(set(instance_ids))))
@@ -209,7 +356,7 @@ def converge_in(
 def _plan(
     rows: Sequence[drift.Candidate], now: dt.datetime, pol: policy.Policy, summary: Summary,
 ) -> list[policy.Change]:
-    changes: list[policy.Change] = []
+    planned: list[policy.Change] = []
     for row in rows:
         summary.drifted += 1
         if row.desired.credits_total is None:
@@ -217,27 +364,31 @@ def _plan(
             summary.missing_plans.add(row.desired.plan_id)
         steps = policy.transition(row.actual, row.desired, now, pol)
         if steps:
-            changes.append(policy.Change(row.instance_id, tuple(steps)))
-    return changes
+            planned.append(policy.Change(row.instance_id, tuple(steps)))
+    summary.changed += len(planned)
+    if summary.missed is not None:
+        announced = summary.announced or frozenset()
+        summary.missed += sum(1 for change in planned if change.instance_id not in announced)
+    return planned
 
 
 def _apply(
     conn: Connection,
-    changes: Sequence[policy.Change],
+    planned: Sequence[policy.Change],
     rows: Sequence[drift.Candidate],
     now: dt.datetime,
     actor: str,
     correlation: str,
 ) -> set[str]:
-    """Write `changes` guarded by the versions read, and their events to the app (in the
+    """Write `planned` guarded by the versions read, and their events to the app (in the
     same transaction); return the ids actually written."""
     versions = {row.instance_id: row.version for row in rows}
     if database.is_sqlite(conn):
-        applied, ledger_ids = converge_sqlite.apply(conn, changes, versions, now, actor,
+        applied, ledger_ids = converge_sqlite.apply(conn, planned, versions, now, actor,
                                                     correlation)
     else:
-        applied, ledger_ids = converge_pg.apply(conn, changes, versions, now, actor, correlation)
-    events.after_changes(conn, [c for c in changes if c.instance_id in applied], ledger_ids,
+        applied, ledger_ids = converge_pg.apply(conn, planned, versions, now, actor, correlation)
+    events.after_changes(conn, [c for c in planned if c.instance_id in applied], ledger_ids,
                          now=now)
     return applied
 
@@ -255,7 +406,7 @@ def _finish(engine: Engine, summary: Summary, error: str | None = None) -> None:
     with database.write(engine) as conn:
         conn.execute(_runs.update().where(_runs.c.id == summary.run_id).values(
             finished_at=clock.utcnow(), scanned=summary.scanned, drifted=summary.drifted,
-            repaired=summary.repaired, failed=summary.failed,
+            repaired=summary.repaired, failed=summary.failed, missed=summary.missed,
             duration_ms=int(summary.duration_s * 1000), error=error,
         ))
 
@@ -279,4 +430,5 @@ def _run_fields(summary: Summary) -> dict[str, object]:
         "run_id": summary.run_id, "trigger": summary.trigger, "scanned": summary.scanned,
         "drifted": summary.drifted, "repaired": summary.repaired, "failed": summary.failed,
         "plan_missing": summary.plan_missing, "duration_s": round(summary.duration_s, 3),
+        "scope": summary.scope, "missed": summary.missed, "candidates": summary.candidates,
     }

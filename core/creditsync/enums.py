@@ -85,8 +85,10 @@ class Actor(StrEnum):
 class Trigger(StrEnum):
     """What started a convergence (a sync run's `trigger`)."""
 
-    STARTUP = "startup"
-    TIMER = "timer"
+    STARTUP = "startup"  # a full scan at start-up
+    TIMER = "timer"  # the loop's full converge before incremental ticks (older runs)
+    TICK = "tick"  # the loop's regular incremental tick
+    FULL_SCAN = "full_scan"  # the loop's full scan on its own interval (audits the ticks)
     WEBHOOK = "webhook"
     MANUAL = "manual"
     PLAN_CHANGE = "plan_change"

@@ -88,7 +88,8 @@ class Factory:
         return runner.Runner(self.engine, interval or self.settings.sync_interval,
                              self.settings.batch_size, alerter=alerter, marketplace=client,
                              audit_interval=self.settings.marketplace_audit_interval,
-                             deliverer=deliverer)
+                             deliverer=deliverer,
+                             full_scan_interval=self.settings.full_scan_interval)
 
     async def ingress(self, *, threads: int, pool_size: int) -> ingest.Ingress:
         """The webhook's ingest service on this engine (an async pool on PostgreSQL)."""

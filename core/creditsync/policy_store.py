@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from creditsync import policy, thresholds
+from creditsync import changes, policy, thresholds
 from creditsync.storage import database, models
 
 _p = models.POLICY
@@ -79,6 +79,9 @@ def write(conn: Connection, pol: policy.Policy, source: str, now: dt.datetime) -
         conn.execute(_p.insert().values(id=1, **values))
     else:
         conn.execute(_p.update().where(_p.c.id == 1).values(**values))
+    old, new = found.policy.expiry_grace_period, pol.expiry_grace_period
+    if old != new:  # the expiries between the two cutoffs change sides: the next tick's
+        changes.expiry_window(conn, now - max(old, new), now - min(old, new), now)
     return True
 
 

@@ -272,12 +272,27 @@ def inbox_backlog(engine: Engine) -> dict[str, int]:
 
 
 def last_full_run_drifted(engine: Engine) -> int | None:
-    """How many instances the latest finished full convergence run found drifted."""
+    """How many instances the latest finished full convergence run found drifted; for a
+    full scan after a tick, those the ticks missed (what its tick converged was announced
+    change, not drift)."""
     runs = models.SYNC_RUNS
-    query = (sa.select(runs.c.drifted)
+    query = (sa.select(sa.func.coalesce(runs.c.missed, runs.c.drifted))
              .where(runs.c.scope == "all", runs.c.dry_run.is_(False),
                     runs.c.finished_at.is_not(None), runs.c.error.is_(None),
                     runs.c.trigger != enums.Trigger.AUDIT)
+             .order_by(runs.c.started_at.desc()).limit(1))
+    with database.read(engine) as conn:
+        found = conn.execute(query).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+def last_full_scan_missed(engine: Engine) -> int | None:
+    """What the latest finished full scan found that the incremental ticks had missed
+    (None: no full scan yet); 0 in a correct system."""
+    runs = models.SYNC_RUNS
+    query = (sa.select(runs.c.missed)
+             .where(runs.c.missed.is_not(None), runs.c.finished_at.is_not(None),
+                    runs.c.error.is_(None))
              .order_by(runs.c.started_at.desc()).limit(1))
     with database.read(engine) as conn:
         found = conn.execute(query).scalar_one_or_none()

@@ -1,14 +1,15 @@
 """The convergence loop of `creditsync run`, and the guarded run it shares with the operator.
 
-Once at start-up, then every `interval`: retry due inbox events and converge every
-instance with the stored policy (`policy_store`), under the convergence lock so two runners
-(operator or standalone) never converge at once. Inbox retries, the expiry of
-reservations past their TTL and grant expiries run more often (every `retry_every`,
-`frequent`) so a failed webhook is not left waiting, an abandoned hold frees its credits
-soon, and a grant's remainder leaves within seconds of its `expiresAt`. An `alerter` gets
-the drift, webhook and degraded alerts of `creditsync.alerts`. With a `deliverer` (the app's
-webhook URL is configured) a third thread delivers the outbox's events to the app every
-second.
+A full scan at start-up and every `full_scan_interval`; in between, every `interval`, an
+incremental tick that converges only what can have changed (`convergence.tick`). Each run
+first retries due inbox events, converges with the stored policy (`policy_store`) and holds
+the convergence lock, so two runners (operator or standalone) never converge at once.
+Inbox retries, the expiry of reservations past their TTL and grant expiries run more often
+(every `retry_every`, `frequent`) so a failed webhook is not left waiting, an abandoned hold
+frees its credits soon, and a grant's remainder leaves within seconds of its `expiresAt`.
+An `alerter` gets the drift, missed, webhook and degraded alerts of `creditsync.alerts`.
+With a `deliverer` (the app's webhook URL is configured) a third thread delivers the
+outbox's events to the app every second.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -44,6 +46,22 @@ DeliveryHook = Callable[[dict[str, int]], None]
 DELIVER_EVERY = dt.timedelta(seconds=1)  # how often the outbox is looked at
 AUDIT_BATCH_S = 30.0  # one audit batch: about this many seconds of marketplace requests
 AUDIT_IDLE_S = 10.0  # how long the audit sleeps when nothing is due
+
+
+class Run(Protocol):
+    def __call__(self, engine: Engine, *, trigger: str, actor: policy.Actor,
+                 pol: policy.Policy | None, batch_size: int,
+                 dry_run: bool) -> convergence.Summary: ...
+
+
+# which triggers converge only what changed, and which scan everything after a tick (the
+# others, e.g. `cli` or `manual`, are a plain full converge)
+RUNS: dict[str, Run] = {
+    enums.Trigger.TICK: convergence.tick,
+    enums.Trigger.PLAN_CHANGE: convergence.tick,
+    enums.Trigger.STARTUP: convergence.full_scan,
+    enums.Trigger.FULL_SCAN: convergence.full_scan,
+}
 
 
 def retry_inbox(engine: Engine) -> dict[str, int]:
@@ -96,7 +114,8 @@ def guarded_run(
     dry_run: bool = False,
     actor: policy.Actor = enums.Actor.TIMER,
 ) -> convergence.Summary | None:
-    """Retry due inbox events, then converge everything, holding the convergence lock.
+    """Retry due inbox events, then converge as `trigger` says (`RUNS`), holding the
+    convergence lock.
 
     None when another runner holds the lock (it is converging right now). A dry run
     retries no events (that would apply them) and writes nothing. `pol` None: the stored
@@ -109,6 +128,10 @@ def guarded_run(
         if not dry_run:
             retry_inbox(engine)
             expire_grants(engine)
+        run = RUNS.get(trigger)
+        if run is not None:
+            return run(engine, trigger=trigger, actor=actor, pol=pol, batch_size=batch_size,
+                       dry_run=dry_run)
         return convergence.converge(engine, trigger=trigger, actor=actor, pol=pol,
                                     batch_size=batch_size, dry_run=dry_run)
 
@@ -149,6 +172,7 @@ class Runner:
     deliverer: outbox.Sender | None = None  # events to the app, when a URL is configured
     deliver_every: dt.timedelta = DELIVER_EVERY
     on_deliver: list[DeliveryHook] = field(default_factory=list)
+    full_scan_interval: dt.timedelta = dt.timedelta(hours=1)
 
     def __post_init__(self) -> None:
         if self.alerter is not None:
@@ -181,12 +205,19 @@ class Runner:
 
     def serve(self) -> None:
         """Run until `stopping` is set (call from a thread)."""
-        self._guarded(lambda: self.converge("startup"), "start-up convergence")
-        next_run = clock.utcnow() + self.interval
-        while not self.stopping.wait(min(self.retry_every, self.interval).total_seconds()):
-            if clock.utcnow() >= next_run:
-                self._guarded(lambda: self.converge("timer"), "timer convergence")
-                next_run = clock.utcnow() + self.interval
+        self._guarded(lambda: self.converge(enums.Trigger.STARTUP), "start-up convergence")
+        next_tick = clock.utcnow() + self.interval
+        next_full = clock.utcnow() + self.full_scan_interval
+        wait = min(self.retry_every, self.interval, self.full_scan_interval)
+        while not self.stopping.wait(wait.total_seconds()):
+            now = clock.utcnow()
+            if now >= next_full:
+                self._guarded(lambda: self.converge(enums.Trigger.FULL_SCAN), "full scan")
+                next_full = clock.utcnow() + self.full_scan_interval
+                next_tick = clock.utcnow() + self.interval
+            elif now >= next_tick:
+                self._guarded(lambda: self.converge(enums.Trigger.TICK), "tick")
+                next_tick = clock.utcnow() + self.interval
             else:
                 self._guarded(self.frequent, "inbox retry, hold and grant expiry")
 

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from creditsync import enums, subscriptions
+from creditsync import changes, enums, subscriptions
 from creditsync.storage import models
 
 Status = enums.EventStatus
@@ -53,7 +53,8 @@ def accept(
 ) -> Outcome:
     """Apply `event` to the instance's subscription unless a newer event was accepted.
 
-    The caller holds the instance's lock (`database.lock_instance`).
+    The caller holds the instance's lock (`database.lock_instance`). Unlike the webhook
+    path, nothing here converges the instance: it is queued for the next tick.
     """
     current = get(conn, event.instance_id)
     if current is not None and event.operation_time < current.source_time:
@@ -61,4 +62,7 @@ def accept(
     new = subscriptions.next_state(current, event, default_plan_id)
     if new is None:
         return Status.APPLIED
-    return Status.APPLIED if write(conn, event.instance_id, new, now) else Status.STALE
+    if not write(conn, event.instance_id, new, now):
+        return Status.STALE
+    changes.enqueue(conn, [event.instance_id], now)
+    return Status.APPLIED

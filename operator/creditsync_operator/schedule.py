@@ -4,11 +4,13 @@ The `CreditSync` daemon (`sync.converge`) asks `decide()` every fraction of a se
 the live spec, so a changed `interval`, `suspend` or `dryRun` takes effect at once, without a
 restart:
 
-- the first turn of a loop is a `startup` run;
+- the first turn of a loop is a `startup` run (a full scan);
 - a failed run (database down, lock held elsewhere) is retried when its backoff is over;
-- a CreditPlan change makes a `plan_change` run promptly;
-- a new spec generation (resumed, dry run switched off, ...) runs now (`timer`);
-- otherwise a `timer` run once `interval` has passed since the last one started.
+- a new spec generation (resumed, dry run switched on or off, ...) scans in full now: a
+  changed spec reports on every instance at once (a plan change held back meanwhile too);
+- a CreditPlan change makes a `plan_change` tick promptly;
+- a `full_scan` once `fullScanInterval` has passed since the last full scan started;
+- otherwise a `tick` once `interval` has passed since the last run started.
 
 A suspended or invalid spec is reported once per generation and then waits.
 """
@@ -18,8 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from creditsync import enums
 from creditsync_operator import specs
 
+STARTUP, TICK, FULL_SCAN = enums.Trigger.STARTUP, enums.Trigger.TICK, enums.Trigger.FULL_SCAN
+PLAN_CHANGE = enums.Trigger.PLAN_CHANGE
+FULL = frozenset({STARTUP, FULL_SCAN})  # the runs that scan every instance
 MAX_BACKOFF = 60.0
 LOCK_RETRY = 2.0
 
@@ -31,6 +37,7 @@ class LoopState:
     """What one `CreditSync` loop remembers between turns (kept in the object's memo)."""
 
     last_run: float | None = None  # monotonic start of the last run
+    last_full: float | None = None  # monotonic start of the last full scan (startup included)
     seen_generation: int | None = None
     seen_plan_generation: int = 0
     reported: tuple[Kind, int | None] | None = None
@@ -72,20 +79,24 @@ def decide(
             return Decision("run", state.retry_trigger, parsed)
         return None
     if state.last_run is None:
-        return Decision("run", "startup", parsed)
+        return Decision("run", STARTUP, parsed)
+    if generation != state.seen_generation:  # covers a plan change held back meanwhile
+        return Decision("run", FULL_SCAN, parsed)
     if plan_generation != state.seen_plan_generation:
-        return Decision("run", "plan_change", parsed)
-    if generation != state.seen_generation:
-        return Decision("run", "timer", parsed)
+        return Decision("run", PLAN_CHANGE, parsed)
+    if now - (state.last_full or state.last_run) >= parsed.full_scan_interval.total_seconds():
+        return Decision("run", FULL_SCAN, parsed)
     if now - state.last_run >= parsed.interval.total_seconds():
-        return Decision("run", "timer", parsed)
+        return Decision("run", TICK, parsed)
     return None
 
 
 def started(state: LoopState, *, generation: int | None, plan_generation: int,
-            now: float) -> None:
+            now: float, trigger: str = TICK) -> None:
     """Record that a run starts now for this generation and catalog change."""
     state.last_run = now
+    if trigger in FULL:
+        state.last_full = now
     state.seen_generation = generation
     state.seen_plan_generation = plan_generation
     state.reported = None

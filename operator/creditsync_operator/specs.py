@@ -20,6 +20,7 @@ MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_BATCH_SIZE = 100_000
 MAX_PLAN_ID = 100  # the catalog's id column
 DEFAULT_INTERVAL = "60s"
+DEFAULT_FULL_SCAN_INTERVAL = "1h"
 DEFAULT_AUDIT_INTERVAL = "6h"
 NO_AUDIT = dt.timedelta(0)
 
@@ -32,12 +33,13 @@ class SpecError(ValueError):
 class SyncSpec:
     """A `CreditSync` spec: when and how to converge."""
 
-    interval: dt.timedelta = dt.timedelta(seconds=60)
+    interval: dt.timedelta = dt.timedelta(seconds=60)  # between ticks
     batch_size: int = 5000
     pol: policy.Policy = field(default_factory=policy.Policy)
     suspend: bool = False
     dry_run: bool = False
     audit_interval: dt.timedelta = dt.timedelta(hours=6)  # NO_AUDIT: no periodic audit
+    full_scan_interval: dt.timedelta = dt.timedelta(hours=1)
 
     @property
     def audits(self) -> bool:
@@ -72,6 +74,9 @@ def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
     interval = _duration(spec, "interval", DEFAULT_INTERVAL)
     if interval < MIN_INTERVAL:
         raise SpecError(f"spec.interval must be at least {MIN_INTERVAL.seconds}s")
+    full_scan = _duration(spec, "fullScanInterval", DEFAULT_FULL_SCAN_INTERVAL)
+    if full_scan < MIN_INTERVAL:
+        raise SpecError(f"spec.fullScanInterval must be at least {MIN_INTERVAL.seconds}s")
     grace = _duration(spec, "expiryGracePeriod", "0s")
     batch = spec.get("batchSize", 5000)
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH_SIZE:
@@ -98,6 +103,7 @@ def parse_sync(spec: Mapping[str, Any]) -> SyncSpec:
         suspend=flags["suspend"],
         dry_run=flags["dryRun"],
         audit_interval=_audit_interval(spec),
+        full_scan_interval=full_scan,
     )
 
 

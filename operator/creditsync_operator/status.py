@@ -55,7 +55,6 @@ def for_run(
 ) -> dict[str, Any]:
     """The status fields (merge-patched) after a run."""
     fields: dict[str, Any] = {
-        "instances": summary.scanned,
         "drifted": remaining_drift(summary),
         "missingPlans": sorted(summary.missing_plans),
         "lastRun": {
@@ -68,10 +67,16 @@ def for_run(
             "repaired": summary.repaired,
             "failed": summary.failed,
             "planMissing": summary.plan_missing,
+            "scope": summary.scope,
+            # a full scan's count of what the ticks missed; null (a merge patch removes it)
+            # for any other run, so a tick never shows the last full scan's
+            "missed": summary.missed,
             "duration": duration(summary.duration_s),
         },
         "webhookBacklog": {status: int(backlog.get(status, 0)) for status in BACKLOG},
     }
+    if summary.scope == "all":  # a tick scans only its candidates: the count stays
+        fields["instances"] = summary.scanned
     if not summary.dry_run:
         fields["lastSyncTime"] = conditions.timestamp(now)
     if generation is not None:
@@ -100,9 +105,12 @@ def run_conditions(summary: convergence.Summary) -> list[Condition]:
                 Condition(DEGRADED, "False", "AsExpected", "")]
     done = (f"{summary.trigger} run: scanned {summary.scanned:,}, repaired "
             f"{summary.repaired:,} of {summary.drifted:,} drifted")
+    if summary.missed:
+        done += f"; {summary.missed:,} of them missed by the ticks"
+    in_sync = (f"all {summary.scanned:,} instances match their plans" if summary.scope == "all"
+               else f"the {summary.scanned:,} instances that can have changed match their plans")
     converged = (
-        Condition(CONVERGED, "True", "InSync", f"all {summary.scanned:,} instances match their "
-                  "plans")
+        Condition(CONVERGED, "True", "InSync", in_sync)
         if not left else
         Condition(CONVERGED, "False", "DriftRemaining", f"{left:,} instance(s) could not be "
                   "repaired (concurrent usage won the race); they are retried on the next run")

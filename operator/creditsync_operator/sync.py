@@ -1,4 +1,5 @@
-"""`CreditSync` daemon: converge at start-up, every `spec.interval`, and after plan changes.
+"""`CreditSync` daemon: a full scan at start-up and every `spec.fullScanInterval`; a tick
+(only what can have changed) every `spec.interval` and after plan changes.
 
 One kopf daemon per CreditSync: a loop that waits between runs is what kopf's daemons are for
 (a timer runs and returns). Every `POLL` seconds the loop looks, in memory, at the live spec
@@ -90,7 +91,8 @@ def run_once(
     if summary is None:
         return Outcome(None)
     backlog = inbox.counts(shared.engine)
-    shared.refresh_counts()
+    if summary.scope == "all" or summary.repaired:  # an idle tick moved nobody between plans
+        shared.refresh_counts()
     return Outcome(summary, backlog)
 
 
@@ -213,7 +215,7 @@ async def act(shared: state.Shared, loop: schedule.LoopState, body: kopf.Body,
         return
 
     schedule.started(loop, generation=generation, plan_generation=shared.plan_generation,
-                     now=time.monotonic())
+                     now=time.monotonic(), trigger=decision.trigger)
     try:
         outcome = await state.blocking(
             shared.executor, run_once, shared, decision.spec, decision.trigger,

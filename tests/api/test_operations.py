@@ -19,6 +19,7 @@ from creditsync import config, convergence, inbox, policy
 from creditsync.storage import database, inbox_pg, schema
 from creditsync_api import devkeys, main
 from tests.api.conftest import Api, Server, local_app, ms, server_env, settings_for
+from tests.core.helpers import hand_edit
 from tests.support import waiting
 from tests.support.database import fresh_database
 from tests.support.postgres import PostgresCluster
@@ -112,6 +113,11 @@ def test_metrics(local_api: Api, wrong_key: Any) -> None:
         assert line in text, line
     assert re.search(r'creditsync_repairs_total\{trigger="manual"\} 0\.0', text)
     assert re.search(r"creditsync_app_event_oldest_pending_seconds \d", text)
+    assert "creditsync_full_scan_missed" not in text  # no full scan yet
+
+    hand_edit(api.engine, inst, credits_total=3)  # behind creditsync's back
+    convergence.full_scan(api.engine)
+    assert "creditsync_full_scan_missed 1.0" in api.http.get("/metrics").text
 
 
 # -- refusing to start ----------------------------------------------------------------------

@@ -60,6 +60,18 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
+@pytest.mark.parametrize(("sets", "workers"), [
+    ((), "1"),  # a CPU request of 100m, no limit
+    (("api.resources.limits.cpu=1500m",), "2"),
+    (("api.resources.limits.cpu=2",), "2"),
+    (("api.resources.limits.cpu=0.5",), "1"),
+    (("api.resources.limits.cpu=2", "api.workers=3"), "3"),
+])
+def test_api_workers_follow_the_cpu_limit(sets: tuple[str, ...], workers: str) -> None:
+    api = containers(render.render(DEFAULTS, sets=sets))["api"]
+    assert f"--workers={workers}" in api["args"]
+
+
 def containers(manifests: list[Manifest], kind: str = "Deployment") -> dict[str, Any]:
     spec = find(manifests, kind)["spec"]["template"]["spec"]
     return {c["name"]: c for c in spec["containers"]}
@@ -116,7 +128,7 @@ def test_defaults_render_one_pod_with_the_operator_and_the_api() -> None:
     assert operator["args"] == ["--log-level=INFO", "--log-json", "operator",
                                 "--namespace=creditsync", "--liveness=http://0.0.0.0:8081/healthz"]
     assert api["args"] == ["--log-level=INFO", "--log-json", "api", "--host=0.0.0.0",
-                           "--port=8080"]
+                           "--port=8080", "--workers=1"]
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -152,8 +164,9 @@ def test_defaults_render_the_original_plans_and_a_credit_sync() -> None:
         "scale": {"monthlyCredits": 25000, "displayName": "Scale", "default": False}}
     sync = find(out, "CreditSync")
     assert sync["metadata"]["name"] == "creditsync"
-    assert sync["spec"] == {"interval": "60s", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                            "expiryGracePeriod": "0s", "lowCreditThresholds": "20%,5%",
+    assert sync["spec"] == {"interval": "60s", "fullScanInterval": "1h", "batchSize": 5000,
+                            "usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
+                            "lowCreditThresholds": "20%,5%",
                             "suspend": False, "dryRun": False,
                             "marketplaceAudit": {"interval": "6h"}}
     for m in out:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -268,9 +269,10 @@ def test_the_api_server_validates_our_resources(system: System) -> None:
     assert "spec.batchSize in body should be greater than or equal to 1" in out.stderr
     # defaults come from the schema
     spec = system.sync()["spec"]
-    assert spec == {"interval": "1h", "batchSize": 5000, "usageOnPlanChange": "Reset",
-                    "expiryGracePeriod": "0s", "lowCreditThresholds": "20%,5%",
-                    "suspend": False, "dryRun": False, "marketplaceAudit": {"interval": "6h"}}
+    assert spec == {"interval": "1h", "fullScanInterval": "1h", "batchSize": 5000,
+                    "usageOnPlanChange": "Reset", "expiryGracePeriod": "0s",
+                    "lowCreditThresholds": "20%,5%", "suspend": False, "dryRun": False,
+                    "marketplaceAudit": {"interval": "6h"}}
 
 
 def test_kubectl_knows_each_kind_by_every_name_and_both_by_the_category(
@@ -490,31 +492,100 @@ def test_suspend_holds_convergence_until_resumed(system: System) -> None:
     system.patch("creditsyncs", "creditsync", {"suspend": False})
     obj = system.wait_sync("convergence after resuming", lambda s: s["status"]["lastRun"][
         "runId"] != run_id and status_of(s, "Ready") == ("True", "Synced"))
-    assert obj["status"]["lastRun"]["trigger"] == "plan_change"
+    # a new generation: a full scan, which also repairs the hand edits nobody announced
+    assert obj["status"]["lastRun"]["trigger"] == "full_scan"
     assert system.credits("starter") == {("starter", 1500)}
     assert system.drifted() == []
 
 
 def test_a_new_interval_takes_effect_without_a_restart(system: System) -> None:
-    timer_runs = system.runs("timer")
+    ticks = system.runs("tick")
     system.patch("creditsyncs", "creditsync", {"interval": "1s"})
-    system.wait("timer runs every second", lambda: system.runs("timer") >= timer_runs + 4,
-                timeout=20)
+    system.wait("a tick every second", lambda: system.runs("tick") >= ticks + 4, timeout=20)
     runs = models.SYNC_RUNS
     with database.read(system.engine) as conn:
-        starts = conn.execute(sa.select(runs.c.started_at).where(runs.c.trigger == "timer")
+        starts = conn.execute(sa.select(runs.c.started_at).where(runs.c.trigger == "tick")
                               .order_by(runs.c.started_at.desc()).limit(3)).scalars().all()
     gaps = [(a - b).total_seconds() for a, b in itertools.pairwise(starts)]
     assert all(0.9 <= gap < 2.5 for gap in gaps), gaps
-    system.hand_edit(["seed-0000021"], 7)
-    system.wait("a timer run repairing a hand edit", lambda: system.drifted() == [], timeout=10)
 
     generation = system.patch("creditsyncs", "creditsync", {"interval": "1h"})
     system.wait("the new generation observed", lambda: system.sync()["status"][
         "observedGeneration"] == generation)
-    settled = system.runs("timer")
-    waiting.holds_for("no timer run at an hourly interval",
-                      lambda: system.runs("timer") == settled, seconds=3)
+    settled = system.runs("tick")
+    waiting.holds_for("no tick at an hourly interval",
+                      lambda: system.runs("tick") == settled, seconds=3)
+
+
+def test_a_tick_converges_a_catalog_change_nobody_announced_to_the_loop(
+        system: System) -> None:
+    """A catalog written straight to the database (as `creditsync plans apply --no-sync`
+    does), with no CreditPlan change and no webhook: the next tick converges its instances."""
+    generation = system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    system.wait_sync("the new spec observed (its full scan over)", lambda s: s["status"].get(
+        "observedGeneration") == generation)
+    scale = catalog.require(system.engine).get("scale")
+    assert scale is not None
+    try:
+        catalog.put(system.engine, dataclasses.replace(scale, monthly_credits=26000),
+                    clock.utcnow())
+        system.wait("every scale instance at 26,000", lambda: system.credits("scale") == {
+            ("scale", 26000)}, timeout=15)
+        runs = models.SYNC_RUNS
+        with database.read(system.engine) as conn:
+            trigger, scope, repaired = conn.execute(
+                sa.select(runs.c.trigger, runs.c.scope, runs.c.repaired)
+                .where(runs.c.repaired > 0).order_by(runs.c.started_at.desc()).limit(1)).one()
+        assert (trigger, scope, repaired) == ("tick", "changed", 20)
+    finally:
+        catalog.put(system.engine, scale, clock.utcnow())
+    system.wait("scale back at 25,000", lambda: system.credits("scale") == {("scale", 25000)},
+                timeout=15)
+    obj = system.wait_sync("a tick in the status", lambda s: s["status"]["lastRun"][
+        "trigger"] == "tick")
+    assert obj["status"]["lastRun"]["scope"] == "changed"
+    assert "missed" not in obj["status"]["lastRun"]
+    assert obj["status"]["instances"] == INSTANCES  # a tick leaves the full scan's count
+
+
+def test_the_full_scan_on_its_own_interval_repairs_what_ticks_missed(system: System) -> None:
+    generation = system.patch("creditsyncs", "creditsync", {"interval": "1s",
+                                                            "fullScanInterval": "6s"})
+    system.wait_sync("the new spec observed", lambda s: s["status"].get(
+        "observedGeneration") == generation)
+    ticks = system.runs("tick")
+    system.hand_edit(["seed-0000021"], 7)  # behind creditsync's back: no tick is told
+    edited = time.monotonic()
+    system.wait("a full scan repairing the hand edit", lambda: system.drifted() == [],
+                timeout=20)
+    assert time.monotonic() - edited > 1.5  # not the next tick: the next full scan
+    assert system.runs("tick") >= ticks + 1
+    runs = models.SYNC_RUNS
+    with database.read(system.engine) as conn:
+        found = conn.execute(sa.select(runs.c.started_at, runs.c.scope, runs.c.scanned,
+                                       runs.c.missed)
+                             .where(runs.c.trigger == "full_scan", runs.c.missed > 0)
+                             .order_by(runs.c.started_at.desc()).limit(1)).one()
+    assert (found.scope, found.scanned, found.missed) == ("all", INSTANCES, 1)
+    system.wait("the missed alert", lambda: [
+        t for t in system.http.texts() if "1 instances the ticks missed" in t])
+    system.wait("the next full scan missing nothing", lambda: _last_full_missed(system) == 0,
+                timeout=20)
+    with database.read(system.engine) as conn:
+        starts = conn.execute(sa.select(runs.c.started_at).where(runs.c.trigger == "full_scan")
+                              .order_by(runs.c.started_at.desc()).limit(2)).scalars().all()
+    assert 5.5 <= (starts[0] - starts[1]).total_seconds() < 9, starts
+    obj = system.wait_sync("a full scan's count in the status", lambda s: s["status"][
+        "lastRun"]["trigger"] == "full_scan")
+    assert obj["status"]["lastRun"]["missed"] == 0
+
+
+def _last_full_missed(system: System) -> int | None:
+    runs = models.SYNC_RUNS
+    with database.read(system.engine) as conn:
+        return conn.execute(sa.select(runs.c.missed).where(
+            runs.c.trigger == "full_scan", runs.c.finished_at.is_not(None))
+            .order_by(runs.c.started_at.desc()).limit(1)).scalar()
 
 
 def test_a_dry_run_reports_drift_without_repairing(system: System) -> None:
@@ -587,7 +658,7 @@ def test_a_database_outage_degrades_then_recovers_on_its_own(system: System) -> 
 
 def test_the_database_lock_keeps_runners_apart(system: System) -> None:
     """While another runner (here: this test) converges, the operator does not."""
-    system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    system.patch("creditsyncs", "creditsync", {"interval": "1s", "fullScanInterval": "1s"})
     with holding_the_lock(system.engine):
         # the status of the run before we took the lock lands: it shows the newest run
         run_id = system.wait("the last run before the lock in the status", lambda: (
@@ -602,7 +673,7 @@ def test_the_database_lock_keeps_runners_apart(system: System) -> None:
 
 def test_two_operators_only_one_converges(system: System) -> None:
     first = system.operators[0]
-    system.patch("creditsyncs", "creditsync", {"interval": "1s"})
+    system.patch("creditsyncs", "creditsync", {"interval": "1s", "fullScanInterval": "1s"})
     second = system.start_operator("operator-2")
     system.wait("the second operator to start", lambda: "operator ready" in second.log())
     peers = system.wait("both operators in the peering object", lambda: (
@@ -629,9 +700,9 @@ def test_every_status_field_is_declared(system: System) -> None:
     status = system.sync()["status"]
     assert set(status) == {"conditions", "observedGeneration", "instances", "drifted",
                            "lastSyncTime", "missingPlans", "lastRun", "webhookBacklog"}
-    assert set(status["lastRun"]) == {"runId", "trigger", "dryRun", "startedAt", "scanned",
-                                      "drifted", "repaired", "failed", "planMissing",
-                                      "duration"}
+    assert set(status["lastRun"]) - {"missed"} == {  # missed: a full scan's
+        "runId", "trigger", "dryRun", "startedAt", "scanned", "drifted", "repaired", "failed",
+        "planMissing", "scope", "duration"}
     last_sync = dt.datetime.fromisoformat(status["lastSyncTime"].replace("Z", "+00:00"))
     assert dt.datetime.now(dt.UTC) - last_sync < dt.timedelta(minutes=10)
     plan = system.get("creditplans", "free")["status"]

@@ -28,13 +28,15 @@ def change(instance_id: str, before: tuple[str, int], after: tuple[str, int],
 
 def summary(*, scanned: int = 10, drifted: int = 0, repaired: int = 0, failed: int = 0,
             plan_missing: int = 0, missing: tuple[str, ...] = (), dry_run: bool = False,
-            trigger: str = "timer", changes: int | None = None) -> convergence.Summary:
+            trigger: str = "timer", changes: int | None = None, scope: str = "all",
+            missed: int | None = None) -> convergence.Summary:
     made = [change(f"inst-{n:03d}", ("free", 100), ("pro", 5000))
             for n in range(repaired if changes is None else changes)]
     return convergence.Summary(
         run_id="run-1", trigger=trigger, dry_run=dry_run, started_at=T0, scanned=scanned,
         drifted=drifted, repaired=repaired, failed=failed, plan_missing=plan_missing,
-        duration_s=0.25, changes=made[:convergence.KEEP_CHANGES], missing_plans=set(missing))
+        duration_s=0.25, changes=made[:convergence.KEEP_CHANGES], missing_plans=set(missing),
+        scope=scope, missed=missed)
 
 
 class FakeStatusApi:

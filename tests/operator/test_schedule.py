@@ -16,8 +16,10 @@ def decide(state: LoopState, parsed: specs.SyncSpec | specs.SpecError = SPEC, *,
                            now=now)
 
 
-def ran(state: LoopState, *, generation: int = 1, plans: int = 0, now: float = 1000.0) -> None:
-    schedule.started(state, generation=generation, plan_generation=plans, now=now)
+def ran(state: LoopState, *, generation: int = 1, plans: int = 0, now: float = 1000.0,
+        trigger: str = "tick") -> None:
+    schedule.started(state, generation=generation, plan_generation=plans, now=now,
+                     trigger=trigger)
     schedule.succeeded(state)
 
 
@@ -26,18 +28,35 @@ def test_first_turn_is_a_startup_run_then_every_interval() -> None:
     assert decide(state) == Decision("run", "startup", SPEC)
     ran(state, now=1000.0)
     assert decide(state, now=1059.9) is None
-    assert decide(state, now=1060.0) == Decision("run", "timer", SPEC)
+    assert decide(state, now=1060.0) == Decision("run", "tick", SPEC)
+
+
+def test_a_full_scan_runs_on_its_own_interval_and_ticks_fill_the_time_between() -> None:
+    spec = specs.SyncSpec(interval=dt.timedelta(seconds=60),
+                          full_scan_interval=dt.timedelta(seconds=150))
+    state = LoopState()
+    assert decide(state, spec) == Decision("run", "startup", spec)
+    ran(state, now=1000.0, trigger="startup")  # the start-up run scans everything
+    assert decide(state, spec, now=1060.0) == Decision("run", "tick", spec)
+    ran(state, now=1060.0)
+    assert decide(state, spec, now=1120.0) == Decision("run", "tick", spec)
+    ran(state, now=1120.0)
+    assert decide(state, spec, now=1150.0) == Decision("run", "full_scan", spec)
+    ran(state, now=1150.0, trigger="full_scan")
+    assert decide(state, spec, now=1209.0) is None
+    assert decide(state, spec, now=1210.0) == Decision("run", "tick", spec)
 
 
 def test_a_shorter_interval_takes_effect_at_once() -> None:
     state = LoopState()
     ran(state, now=1000.0)
     faster = specs.SyncSpec(interval=dt.timedelta(seconds=2))
-    # a new generation runs at once, then the new interval counts
-    assert decide(state, faster, generation=2, now=1001.0) == Decision("run", "timer", faster)
-    ran(state, generation=2, now=1001.0)
+    # a new generation scans in full at once, then the new interval counts
+    assert decide(state, faster, generation=2, now=1001.0) == Decision("run", "full_scan",
+                                                                       faster)
+    ran(state, generation=2, now=1001.0, trigger="full_scan")
     assert decide(state, faster, generation=2, now=1002.5) is None
-    assert decide(state, faster, generation=2, now=1003.0) == Decision("run", "timer", faster)
+    assert decide(state, faster, generation=2, now=1003.0) == Decision("run", "tick", faster)
 
 
 def test_a_plan_change_runs_promptly_once() -> None:
@@ -56,8 +75,8 @@ def test_suspended_is_reported_once_per_generation_and_holds_plan_changes() -> N
                                                                        spec=suspended)
     schedule.reported(state, "suspended", 2)
     assert decide(state, suspended, generation=2, plans=1, now=5000.0) is None
-    # resumed: the held-back plan change runs first
-    assert decide(state, generation=3, plans=1, now=5000.0) == Decision("run", "plan_change",
+    # resumed: a full scan, which converges the held-back plan change too
+    assert decide(state, generation=3, plans=1, now=5000.0) == Decision("run", "full_scan",
                                                                        SPEC)
 
 

@@ -19,10 +19,11 @@ def test_an_empty_spec_gets_the_crd_defaults() -> None:
 def test_a_full_spec() -> None:
     parsed = specs.parse_sync({"interval": "1h30m", "batchSize": 200,
                                "usageOnPlanChange": "Preserve", "expiryGracePeriod": "2d",
-                               "suspend": True, "dryRun": True})
+                               "suspend": True, "dryRun": True, "fullScanInterval": "1d"})
     assert parsed == specs.SyncSpec(
         interval=dt.timedelta(hours=1, minutes=30), batch_size=200,
-        pol=policy.Policy("Preserve", dt.timedelta(days=2)), suspend=True, dry_run=True)
+        pol=policy.Policy("Preserve", dt.timedelta(days=2)), suspend=True, dry_run=True,
+        full_scan_interval=dt.timedelta(days=1))
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("5m", 300),
@@ -35,6 +36,8 @@ def test_intervals(text: str, seconds: int) -> None:
     ({"interval": "0s"}, "spec.interval must be at least 1s"),
     ({"interval": "5 minutes"}, "spec.interval: '5 minutes' is not a duration"),
     ({"interval": 60}, "spec.interval must be a duration string"),
+    ({"fullScanInterval": "0"}, "spec.fullScanInterval must be at least 1s"),
+    ({"fullScanInterval": "hourly"}, "spec.fullScanInterval: 'hourly' is not a duration"),
     ({"expiryGracePeriod": "soon"}, "spec.expiryGracePeriod: 'soon' is not a duration"),
     ({"batchSize": 0}, "spec.batchSize must be an integer from 1 to 100,000"),
     ({"batchSize": True}, "spec.batchSize must be an integer"),

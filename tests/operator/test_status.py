@@ -14,23 +14,39 @@ BACKLOG = {"applied": 7, "pending": 1, "quarantined": 2, "failed": 3, "duplicate
 
 
 def test_fields_after_a_run_that_repaired_everything() -> None:
-    done = summary(scanned=200, drifted=40, repaired=40)
+    done = summary(scanned=200, drifted=40, repaired=40, missed=0, trigger="full_scan")
     assert status.for_run(done, BACKLOG, generation=5, now=T0) == {
         "instances": 200,
         "drifted": 0,
         "missingPlans": [],
-        "lastRun": {"runId": "run-1", "trigger": "timer", "dryRun": False,
+        "lastRun": {"runId": "run-1", "trigger": "full_scan", "dryRun": False,
                     "startedAt": "2026-01-10T12:00:00Z", "scanned": 200, "drifted": 40,
-                    "repaired": 40, "failed": 0, "planMissing": 0, "duration": "0.250s"},
+                    "repaired": 40, "failed": 0, "planMissing": 0, "scope": "all",
+                    "missed": 0, "duration": "0.250s"},
         "webhookBacklog": {"pending": 1, "quarantined": 2, "failed": 3},
         "lastSyncTime": "2026-01-10T12:00:00Z",
         "observedGeneration": 5,
     }
     assert status.run_conditions(done) == [
-        Condition("Ready", "True", "Synced", "timer run: scanned 200, repaired 40 of 40 drifted"),
+        Condition("Ready", "True", "Synced",
+                  "full_scan run: scanned 200, repaired 40 of 40 drifted"),
         Condition("Converged", "True", "InSync", "all 200 instances match their plans"),
         Condition("Degraded", "False", "AsExpected", ""),
     ]
+
+
+def test_a_tick_leaves_the_instance_count_and_a_full_scan_says_what_ticks_missed() -> None:
+    tick = summary(scanned=3, drifted=3, repaired=3, trigger="tick", scope="changed")
+    fields = status.for_run(tick, {}, generation=1, now=T0)
+    assert "instances" not in fields
+    assert fields["lastRun"]["missed"] is None  # removed by the merge patch
+    assert (fields["lastRun"]["scope"], fields["lastRun"]["scanned"]) == ("changed", 3)
+    assert status.run_conditions(tick)[1] == Condition(
+        "Converged", "True", "InSync", "the 3 instances that can have changed match their plans")
+    audit = summary(scanned=500, drifted=2, repaired=2, missed=2, trigger="full_scan")
+    assert status.for_run(audit, {}, generation=1, now=T0)["lastRun"]["missed"] == 2
+    assert status.run_conditions(audit)[0].message == (
+        "full_scan run: scanned 500, repaired 2 of 2 drifted; 2 of them missed by the ticks")
 
 
 def test_a_dry_run_reports_what_it_found_and_is_not_a_sync() -> None:

@@ -49,7 +49,8 @@ def test_a_run_writes_its_whole_status_in_one_guarded_patch(
         "instances": 200, "drifted": 0, "missingPlans": [],
         "lastRun": {"runId": "run-1", "trigger": "startup", "dryRun": False,
                     "startedAt": NOW, "scanned": 200, "drifted": 0, "repaired": 0,
-                    "failed": 0, "planMissing": 0, "duration": "0.250s"},
+                    "failed": 0, "planMissing": 0, "scope": "all", "missed": None,
+                    "duration": "0.250s"},
         "webhookBacklog": {"pending": 2, "quarantined": 0, "failed": 0},
         "lastSyncTime": NOW, "observedGeneration": 3,
         "conditions": [

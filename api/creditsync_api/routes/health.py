@@ -37,4 +37,4 @@ def readyz(engine: EngineDep) -> schemas.Health:
 def metrics(state: StateDep) -> Response:
     """Webhooks by type and outcome, signature failures, apply latency, sync runs,
     repairs, drifted instances, inbox backlog, consume outcomes."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.exposition()), media_type=CONTENT_TYPE_LATEST)

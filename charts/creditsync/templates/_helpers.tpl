@@ -233,3 +233,21 @@ and the secret that signs them, which must be set with it.
       "CREDITSYNC_APP_WEBHOOK_SECRET" "appWebhookSecret")) | trim }}
 {{- end }}
 {{- end }}
+
+{{/* API worker processes: `api.workers`, else one per whole CPU of the container's CPU
+limit (or request), at least one. "1500m" and "1.5" both give 2. */}}
+{{- define "creditsync.apiWorkers" -}}
+{{- if .Values.api.workers -}}
+{{- .Values.api.workers | int -}}
+{{- else -}}
+{{- $res := .Values.api.resources | default dict -}}
+{{- $cpu := (dig "limits" "cpu" "" $res) | default (dig "requests" "cpu" "" $res) | toString -}}
+{{- $milli := 0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $milli = trimSuffix "m" $cpu | int -}}
+{{- else if $cpu -}}
+{{- $milli = mulf (float64 $cpu) 1000 | int -}}
+{{- end -}}
+{{- max 1 (div (add $milli 999) 1000) -}}
+{{- end -}}
+{{- end }}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,7 +31,11 @@ from creditsync.cli import (
 from creditsync.cli.context import Context, pass_context
 from creditsync.storage import database, schema
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 log = logging.getLogger("creditsync.cli")
+LOG_META = "creditsync.log"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +47,7 @@ log = logging.getLogger("creditsync.cli")
 def cli(ctx: click.Context, log_level: str, log_json: bool | None) -> None:
     """Keep every app instance's credits equal to what its plan pays for."""
     logs.configure(log_level, log_json)
+    ctx.meta[LOG_META] = (log_level, log_json)  # what worker processes configure again
     try:
         ctx.obj = Context(config.from_env())
     except config.ConfigError as exc:
@@ -88,6 +94,17 @@ _host = click.option("--host", default="127.0.0.1", show_default=True, help="Lis
 _port = click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 _access_log = click.option("--access-log/--no-access-log", default=False, show_default=True,
                            help="Log every HTTP request.")
+_workers = click.option(
+    "--workers", type=click.IntRange(1, 64), default=None,
+    help="API worker processes (default: the number of cores this process may use).")
+
+
+def serve_api(ctx: Context, app: FastAPI, host: str, port: int, access_log: bool,
+              workers: int | None) -> None:
+    """Serve `app` in this process, or in `workers` processes (default: one per core)."""
+    level, json_lines = click.get_current_context().meta.get(LOG_META, ("INFO", None))
+    serve.serve(app, host, port, access_log, workers=workers or serve.default_workers(),
+                settings=ctx.settings, log_level=level, log_json=json_lines)
 
 
 @cli.command()
@@ -98,10 +115,13 @@ _access_log = click.option("--access-log/--no-access-log", default=False, show_d
               help="Create local development keys in ./.creditsync-dev/ if missing, serve with "
                    "them, and print commands to try.")
 @_access_log
+@_workers
 @pass_context
-def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log: bool) -> None:
-    """Standalone: the API plus the convergence and retry loop (once at start-up, then
-    every CREDITSYNC_SYNC_INTERVAL; due inbox retries every few seconds)."""
+def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log: bool,
+        workers: int | None) -> None:
+    """Standalone: the API plus the convergence and retry loop (a full scan at start-up and
+    every CREDITSYNC_FULL_SCAN_INTERVAL, a tick every CREDITSYNC_SYNC_INTERVAL; due inbox
+    retries every few seconds). With several API workers, this process alone converges."""
     if dev:
         serve.use_dev_keys(ctx, host)
     if not no_api:
@@ -125,9 +145,10 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     loop = ctx.factory.runner(alerter=alerter, client=client, deliverer=deliverer)
-    log.info("creditsync running on %s, converging every %ss%s",
+    log.info("creditsync running on %s, ticking every %s, scanning in full every %s%s",
              database.describe(ctx.settings.database_url),
-             int(ctx.settings.sync_interval.total_seconds()),
+             config.format_duration(ctx.settings.sync_interval),
+             config.format_duration(ctx.settings.full_scan_interval),
              "" if client is None or not ctx.settings.marketplace_audit_interval else
              f"; asking the marketplace about each instance every "
              f"{config.format_duration(ctx.settings.marketplace_audit_interval)}")
@@ -140,14 +161,16 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
         while thread.is_alive():
             thread.join(0.5)
         return
-    loop.on_run.append(app.state.creditsync.metrics.observe_run)
-    loop.on_audit.append(app.state.creditsync.metrics.observe_audit)
-    loop.on_deliver.append(app.state.creditsync.metrics.observe_deliveries)
+    workers = workers or serve.default_workers()
+    if workers == 1:  # the loop's runs count in this process's metrics
+        loop.on_run.append(app.state.creditsync.metrics.observe_run)
+        loop.on_audit.append(app.state.creditsync.metrics.observe_audit)
+        loop.on_deliver.append(app.state.creditsync.metrics.observe_deliveries)
     thread = loop.start()
     if dev:
         click.echo(serve.dev_banner(host, port))
     try:
-        serve.serve(app, host, port, access_log)
+        serve_api(ctx, app, host, port, access_log, workers)
     finally:
         loop.stopping.set()
         thread.join(timeout=30)
@@ -157,8 +180,9 @@ def run(ctx: Context, host: str, port: int, no_api: bool, dev: bool, access_log:
 @_host
 @_port
 @_access_log
+@_workers
 @pass_context
-def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
+def api(ctx: Context, host: str, port: int, access_log: bool, workers: int | None) -> None:
     """The API alone (the sidecar): webhooks, instance and admin endpoints, health, metrics.
 
     Needs the secrets and a current schema (`creditsync db upgrade`); converges only what
@@ -167,7 +191,7 @@ def api(ctx: Context, host: str, port: int, access_log: bool) -> None:
     serve.require_secrets(ctx)
     ctx.require_schema()
     ctx.engine.dispose()  # the app builds its own pool
-    serve.serve(serve.build_app(ctx), host, port, access_log)
+    serve_api(ctx, serve.build_app(ctx), host, port, access_log, workers)
 
 
 cli.add_command(audit_cmd.command)

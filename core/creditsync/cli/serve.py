@@ -7,17 +7,20 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
 import re
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from creditsync import config
+from creditsync import config, logs
 from creditsync.cli.context import Context
 
 if TYPE_CHECKING:
@@ -93,18 +96,65 @@ def build_app(ctx: Context) -> FastAPI:
         raise click.ClickException(str(exc)) from exc
 
 
-def serve(app: FastAPI, host: str, port: int, access_log: bool) -> None:
-    """Run uvicorn until SIGINT/SIGTERM; a failed start-up (e.g. the schema) exits 3."""
+WORKER_ENV = "CREDITSYNC_INTERNAL_WORKER"  # what a worker process needs beyond the settings
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: counters shared by workers
+WORKER_START_S = 120  # how long a worker may take to start answering its supervisor
+
+
+def default_workers() -> int:
+    """The number of cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def serve(app: FastAPI, host: str, port: int, access_log: bool, *, workers: int = 1,
+          settings: config.Settings | None = None, log_level: str = "INFO",
+          log_json: bool | None = None) -> None:
+    """Run uvicorn until SIGINT/SIGTERM; a failed start-up (e.g. the schema) exits 3.
+
+    `workers` above 1: that many processes, each building its app from `settings` (handed
+    over in the environment, development keys included) and sharing its counters through
+    prometheus_client's multiprocess directory; `app` was built here only to check them.
+    """
     import uvicorn
 
     redact_access_log()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=access_log, lifespan="on",
-        server_header=False, timeout_graceful_shutdown=10))
+    options = {"host": host, "port": port, "log_config": None, "access_log": access_log,
+               "lifespan": "on", "server_header": False, "timeout_graceful_shutdown": 10}
+    if workers > 1:
+        assert settings is not None
+        log.info("serving the API on http://%s:%d with %d worker processes (OpenAPI at /docs)",
+                 host, port, workers)
+        with tempfile.TemporaryDirectory(prefix="creditsync-metrics-") as shared:
+            os.environ.update(config.to_env(settings))
+            os.environ[MULTIPROC_DIR] = shared
+            os.environ[WORKER_ENV] = json.dumps({"level": log_level, "json": log_json})
+            try:
+                # a worker's first answer waits for its imports (seconds on a busy
+                # machine): uvicorn's default 5 s would kill and restart it forever
+                uvicorn.run("creditsync.cli.serve:worker_app", factory=True, workers=workers,
+                            timeout_worker_healthcheck=WORKER_START_S,
+                            **options)  # type: ignore[arg-type]
+            finally:
+                for name in (MULTIPROC_DIR, WORKER_ENV):
+                    os.environ.pop(name, None)
+        return
+    server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
     log.info("serving the API on http://%s:%d (OpenAPI at /docs)", host, port)
     server.run()
     if not server.started:
         raise click.exceptions.Exit(3)
+
+
+def worker_app() -> FastAPI:
+    """One worker process's app (uvicorn's factory): logging and settings from the
+    environment its parent (`serve`) prepared."""
+    from creditsync_api import main as api
+
+    wanted = json.loads(os.environ.get(WORKER_ENV, "{}"))
+    logs.configure(wanted.get("level", "INFO"), wanted.get("json"))
+    redact_access_log()
+    return api.create_app(config.from_env())
 
 
 def executable() -> str:

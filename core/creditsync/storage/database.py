@@ -59,7 +59,8 @@ def create(url: str, *, pool_size: int = 5, echo: bool = False) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=5,
-        connect_args={"connect_timeout": 3},
+        # sessions in UTC: timestamps come back as `dt.UTC` datetimes (`models.UTCDateTime`)
+        connect_args={"connect_timeout": 3, "options": "-c TimeZone=UTC"},
     )
 
 

@@ -76,11 +76,26 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if isinstance(value, str):
             return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         assert isinstance(value, dt.datetime)
-        if value.tzinfo is dt.UTC:
-            return value
-        if value.tzinfo is None or value.utcoffset() == _ZERO:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        return _as_utc(value)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """On PostgreSQL a plain function: the sessions are in UTC (`database.create`), so
+        psycopg already returns `dt.UTC` datetimes, and convergence reads millions."""
+        if dialect.name == "postgresql":
+            return _pg_result
+        return super().result_processor(dialect, coltype)
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is dt.UTC:
+        return value
+    if value.tzinfo is None or value.utcoffset() == _ZERO:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _pg_result(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo is dt.UTC else _as_utc(value)
 
 
 # BIGINT identity on PostgreSQL; SQLite's INTEGER PRIMARY KEY is its rowid.
@@ -140,6 +155,9 @@ class Subscription(Base):
     __table_args__ = (
         Index("ix_subscriptions_desired", "instance_id", "plan_id", "status", "expires_at",
               "rev"),
+        # the tick's candidate sets: expiries crossed since the last cutoff, plans changed
+        Index("ix_subscriptions_expires_at", "expires_at"),
+        Index("ix_subscriptions_plan_id", "plan_id"),
     )
 
 
@@ -305,8 +323,48 @@ class SyncRun(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # a full scan after a tick: the instances it changed that no tick had been told about
+    missed: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_sync_runs_started_at", "started_at"),)
+
+
+class ConvergeQueue(Base):
+    """Instances a path changed without converging them at once: the next tick does.
+
+    Written in the same transaction as the change; an instance may be queued twice (the
+    tick reads distinct ids and deletes exactly the rows it read)."""
+
+    __tablename__ = "converge_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(String(100))
+    queued_at: Mapped[dt.datetime]
+
+
+class CatalogChangeRow(Base):
+    """Plans the catalog added, changed or removed since the last tick (written with the
+    change): the tick converges the instances on them and those whose subscription names
+    them."""
+
+    __tablename__ = "catalog_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(String(100))
+    changed_at: Mapped[dt.datetime]
+
+
+class TickMark(Base):
+    """Where the ticks are (one row): the expiry cutoff (`now - grace`) the last tick or
+    full scan converged up to, so the next reads only the expiries crossed since."""
+
+    __tablename__ = "tick_marks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    expiry_cutoff: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
 
 
 class UsageRequest(Base):
@@ -413,3 +471,6 @@ RESERVATIONS = _table(Reservation)
 OUTBOX = _table(OutboxEvent)
 GRANTS = _table(Grant)
 LEDGER_GRANT_DRAWS = _table(LedgerGrantDraw)
+CONVERGE_QUEUE = _table(ConvergeQueue)
+CATALOG_CHANGES = _table(CatalogChangeRow)
+TICK_MARKS = _table(TickMark)
