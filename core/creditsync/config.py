@@ -76,6 +76,8 @@ def to_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, dt.timedelta):
             value = format_duration(value)
+        elif name == "low_credit_thresholds":  # basis points, written as percentages
+            value = thresholds.text_of(value)
         out[variable(name)] = str(value)
     return out
 

@@ -188,3 +188,20 @@ def test_durations(text: str, seconds: int) -> None:
     assert config.parse_duration(text) == dt.timedelta(seconds=seconds)
     assert config.parse_duration(config.format_duration(dt.timedelta(seconds=seconds))) == (
         dt.timedelta(seconds=seconds))
+
+
+def test_settings_handed_to_worker_processes_read_back_the_same() -> None:
+    """`creditsync api --workers N` hands its settings to each worker as the environment:
+    every value, the non-default ones included, must read back unchanged."""
+    settings = config.from_env({
+        **SECRETS,
+        "CREDITSYNC_LOW_CREDIT_THRESHOLDS": "50%,2.5%",
+        "CREDITSYNC_APP_WEBHOOK_URL": "https://app.example.com/hooks",
+        "CREDITSYNC_APP_WEBHOOK_SECRET": "whsec_" + "QUJD" * 8,
+        "CREDITSYNC_FULL_SCAN_INTERVAL": "2h",
+        "CREDITSYNC_SYNC_INTERVAL": "90",
+        "CREDITSYNC_USAGE_ON_PLAN_CHANGE": "Preserve",
+    })
+    assert settings.low_credit_thresholds == (5000, 250)
+    assert config.from_env(config.to_env(settings)) == settings
+    assert config.from_env(config.to_env(config.Settings())) == config.Settings()
