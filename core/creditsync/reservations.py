@@ -74,6 +74,7 @@ def reserve(
         raise errors.InvalidRequest(
             f"ttl must be 1 to {int(MAX_TTL.total_seconds())} seconds, got "
             f"{ttl.total_seconds():g}", code="invalid_reservation")
+    refused: errors.InsufficientCredits | None = None  # committed first, as a consume's
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
         row = usage.locked(conn, instance_id)
@@ -87,22 +88,25 @@ def reserve(
         row = usage.spendable_at_least(conn, row, amount, now=now)
         left = usage.spendable(row)
         if amount > left:
-            raise errors.InsufficientCredits(instance_id, amount, left)
-        reservation_id = f"rsv_{secrets.token_urlsafe(18)}"  # unguessable
-        values = {"id": reservation_id, "instance_id": instance_id,
-                  "idempotency_key": idempotency_key, "amount": amount,
-                  "committed_amount": None, "status": Status.HELD, "created_at": now,
-                  "expires_at": now + ttl, "settled_at": None}
-        hold = _r.insert().values(**values)
-        held = _i.update().where(_i.c.instance_id == instance_id).values(
-            credits_held=_i.c.credits_held + amount)
-        if database.is_sqlite(conn):
-            conn.execute(hold)
-            conn.execute(held)
-        else:  # one statement, one round trip
-            conn.execute(hold.add_cte(held.cte("held")))
-        return Reservation(reservation_id, instance_id, amount, Status.HELD, None, now,
-                           now + ttl, None)
+            refused = errors.InsufficientCredits(instance_id, amount, left)
+        else:
+            reservation_id = f"rsv_{secrets.token_urlsafe(18)}"  # unguessable
+            values = {"id": reservation_id, "instance_id": instance_id,
+                      "idempotency_key": idempotency_key, "amount": amount,
+                      "committed_amount": None, "status": Status.HELD, "created_at": now,
+                      "expires_at": now + ttl, "settled_at": None}
+            hold = _r.insert().values(**values)
+            held = _i.update().where(_i.c.instance_id == instance_id).values(
+                credits_held=_i.c.credits_held + amount)
+            if database.is_sqlite(conn):
+                conn.execute(hold)
+                conn.execute(held)
+            else:  # one statement, one round trip
+                conn.execute(hold.add_cte(held.cte("held")))
+            return Reservation(reservation_id, instance_id, amount, Status.HELD, None, now,
+                               now + ttl, None)
+    assert refused is not None
+    raise refused
 
 
 def instance_of(engine: Engine, reservation_id: str) -> str:

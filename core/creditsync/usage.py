@@ -83,6 +83,9 @@ def consume(
     if not idempotency_key:
         raise errors.InvalidRequest("idempotencyKey must not be empty",
                                     code="invalid_consumption")
+    # a refusal (402) keeps what making room did — a due reset applied, holds and grants
+    # past their time expired: the instance's own housekeeping, committed before answering
+    refused: InsufficientCredits | None = None
     with database.write(engine) as conn:
         database.lock_instance(conn, instance_id)
         row = _locked_with_key(conn, instance_id, idempotency_key)
@@ -95,17 +98,20 @@ def consume(
         row = spendable_at_least(conn, row, amount, now=now)
         left = spendable(row)
         if amount > left:
-            raise InsufficientCredits(instance_id, amount, left)
-        def remember(taken: Draw) -> sa.Insert:  # the key's first result
-            return _keys.insert().values(
-                instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
-                from_plan=taken.from_plan, from_bonus=taken.from_bonus,
-                remaining_after=left - amount, created_at=now)
+            refused = InsufficientCredits(instance_id, amount, left)
+        else:
+            def remember(taken: Draw) -> sa.Insert:  # the key's first result
+                return _keys.insert().values(
+                    instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
+                    from_plan=taken.from_plan, from_bonus=taken.from_bonus,
+                    remaining_after=left - amount, created_at=now)
 
-        taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key,
-                       then=remember, pol=pol)
-        return Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
-                           left - amount)
+            taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key,
+                           then=remember, pol=pol)
+            return Consumption(instance_id, amount, taken.from_plan, taken.from_bonus,
+                               left - amount)
+    assert refused is not None
+    raise refused
 
 
 def spendable(row: sa.Row[Any]) -> int:

@@ -80,6 +80,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._handle = log.open("ab")
+        if args[0] in ("api", "run") and "--workers" not in args:
+            # one process per server: the suite starts dozens of them on two cores
+            # (`tests/api/test_workers.py` runs several, and `run --dev` keeps the default)
+            args = [*args, "--workers", "1"] if "--dev" not in args else args
         self.process = subprocess.Popen(
             [*CLI, *args, "--port", str(self.port)], env=env, cwd=cwd, stdout=self._handle,
             stderr=subprocess.STDOUT, start_new_session=True)

@@ -288,3 +288,21 @@ def test_the_migration_gives_existing_instances_no_holds(
         assert instance(engine, "before").credits_held == held.amount
     finally:
         engine.dispose()
+
+
+def test_a_refused_spend_keeps_the_holds_it_expired_to_make_room(engine: Engine) -> None:
+    """A consume or hold that is short expires the holds past their TTL first; the 402 must
+    not roll that back (found by the state machine: the expired hold came back)."""
+    instances.provision(engine, "r", now=T0, pol=RESET)
+    stale = reservations.reserve(engine, "r", 1, "stale", ttl=MINUTE, now=T0, pol=RESET)
+    later = instance(engine, "r").period_end + MINUTE  # the hold's TTL is long past
+    reservations.reserve(engine, "r", 60, "big", now=later, pol=RESET)
+    with pytest.raises(errors.InsufficientCredits):
+        usage.consume(engine, "r", 41, "k", now=later, pol=RESET)  # 39 spendable, +1 stale
+    assert reservations.get(engine, stale.id).status == "expired"
+    assert (instance(engine, "r").credits_held, instance(engine, "r").credits_used_month) == (
+        60, 0)
+    with pytest.raises(errors.InsufficientCredits):
+        reservations.reserve(engine, "r", 41, "k2", now=later, pol=RESET)
+    assert_holds_match(engine)
+    assert_ledger_replays(engine)
