@@ -96,6 +96,7 @@ def remove(engine: Engine, plan_id: str, now: dt.datetime) -> CatalogChange:
 
 def seed(conn: Connection, source: Path | None, now: dt.datetime) -> bool:
     """Fill an empty table from `source` (or the built-in defaults); True if it wrote."""
+    database.lock_catalog(conn)
     if conn.execute(sa.select(sa.func.count()).select_from(_plans)).scalar_one():
         return False
     catalog = plans.load_file(source) if source else plans.DEFAULT_CATALOG
@@ -106,11 +107,13 @@ def seed(conn: Connection, source: Path | None, now: dt.datetime) -> bool:
 
 def replace(conn: Connection, catalog: plans.Catalog, now: dt.datetime) -> CatalogChange:
     """Make the table hold exactly `catalog`."""
+    database.lock_catalog(conn)
     return _write(conn, {plan.id: plan for plan in catalog.plans}, now)
 
 
 def upsert(conn: Connection, plan: plans.Plan, now: dt.datetime) -> CatalogChange:
     """Add or change one plan (a `CreditPlan`); the resulting catalog must stay valid."""
+    database.lock_catalog(conn)
     wanted = {p.id: p for p in read_plans(conn)}
     wanted[plan.id] = plan
     return _write(conn, wanted, now)
@@ -118,6 +121,7 @@ def upsert(conn: Connection, plan: plans.Plan, now: dt.datetime) -> CatalogChang
 
 def delete(conn: Connection, plan_id: str, now: dt.datetime) -> CatalogChange:
     """Remove one plan. Instances on it are left alone and reported, never downgraded."""
+    database.lock_catalog(conn)
     wanted = {p.id: p for p in read_plans(conn) if p.id != plan_id}
     return _write(conn, wanted, now, allow_no_default=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,24 @@ def test_replace_reports_what_changed(engine: Engine) -> None:
     assert change == catalog.CatalogChange(("team",), ("free", "pro"), ("scale", "starter"))
     with database.read(engine) as conn:
         assert catalog.load(conn) == new
+
+
+def test_plans_written_at_once_are_all_kept(engine: Engine) -> None:
+    """Two `CreditPlan`s created at the same moment (kopf runs their handlers in threads):
+    each write reads the catalog and writes it whole, so without the catalog lock one
+    write removed the plan the other had just added (seen in the operator e2e)."""
+    with database.write(engine) as conn:
+        catalog.seed(conn, None, T0)
+    names = [f"p{n}" for n in range(8)]
+    start = threading.Barrier(len(names))
+
+    def put(name: str) -> None:
+        start.wait()
+        catalog.put(engine, plans.Plan(name, 10), T0)
+
+    threads = [threading.Thread(target=put, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(names) <= {plan.id for plan in catalog.current(engine)}

@@ -90,6 +90,18 @@ def is_sqlite(bind: Engine | Connection) -> bool:
 INSTANCE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
+# two int4 keys: a key space of its own, apart from the instances' (and runners') int8 keys
+CATALOG_LOCK_SQL = "SELECT pg_advisory_xact_lock(1667331169, 0)"  # 0x63617461 "cata"
+
+
+def lock_catalog(conn: Connection) -> None:
+    """Serialise this transaction with every other one that writes the catalog (a read,
+    then a write of the whole catalog: two `CreditPlan`s changed at once must not lose one
+    another's plan). SQLite: `BEGIN IMMEDIATE` already serialises writers."""
+    if not is_sqlite(conn):
+        conn.exec_driver_sql(CATALOG_LOCK_SQL)
+
+
 def lock_instance(conn: Connection, instance_id: str) -> None:
     """Serialise this transaction with every other one deciding for `instance_id`.
 
