@@ -336,3 +336,11 @@ def test_a_grant_key_grants_lists_and_voids_and_consumes_draw_from_grants(api: A
                                               headers=spender).json()["entries"]]
     assert kinds[:3] == ["grant_voided", "usage", "grant"]
     assert_ledger_replays(api.engine, instance_id=inst)
+
+
+def test_the_vocabulary_names_holds_grants_and_scopes(api: Api) -> None:
+    words = api.http.get("/api/vocabulary").json()
+    assert words["reservationStatuses"] == ["held", "committed", "released", "expired"]
+    assert words["grantStatuses"] == ["live", "spent", "expired", "voided"]
+    assert set(words["grantSources"]) == {"admin", "app", "rollover", "migration"}
+    assert words["scopes"] == ["credits:read", "credits:consume", "credits:grant"]

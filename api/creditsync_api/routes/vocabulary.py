@@ -27,6 +27,10 @@ class Vocabulary(schemas.ApiModel):
     subscription_statuses: list[enums.SubscriptionStatus]
     delivery_statuses: list[enums.DeliveryStatus]
     app_events: list[enums.AppEvent]
+    reservation_statuses: list[enums.ReservationStatus]
+    grant_statuses: list[enums.GrantStatus]
+    grant_sources: list[enums.GrantSource]
+    scopes: list[enums.Scope]
 
 
 @router.get("", summary="The names this API answers with", response_model=Vocabulary,
@@ -42,4 +46,7 @@ async def vocabulary() -> Vocabulary:
         actors=list(enums.Actor), triggers=list(enums.Trigger),
         usage_policies=list(enums.UsagePolicy),
         subscription_statuses=list(enums.SubscriptionStatus),
-        delivery_statuses=list(enums.DeliveryStatus), app_events=list(enums.AppEvent))
+        delivery_statuses=list(enums.DeliveryStatus), app_events=list(enums.AppEvent),
+        reservation_statuses=list(enums.ReservationStatus),
+        grant_statuses=list(enums.GrantStatus), grant_sources=list(enums.GrantSource),
+        scopes=list(enums.Scope))
