@@ -712,33 +712,58 @@ function hint(event) {
     : "";
 }
 
-async function loadWebhooks(index, { userAction = false } = {}) {
-  const status = $("#wh-status").value;
-  const body = $("#webhooks-body");
-  const ticket = ++webhooks.latest;
+// One page of a paged admin list (`list`: its `cursors`, `index` and `latest` ticket):
+// the request, a newer request winning over an older one, the error explained with a
+// retry, and the cursors of the pages around it. The page, or null when nothing is to show.
+async function fetchPage(list, index, { prefix, url, query, cursor, next, messages, retry }) {
+  const body = $(`#${prefix}-body`);
+  const ticket = ++list.latest;
   body.setAttribute("aria-busy", "true");
-  $("#webhooks-prev").disabled = $("#webhooks-next").disabled = true;
+  $(`#${prefix}-prev`).disabled = $(`#${prefix}-next`).disabled = true;
   let page;
   try {
-    page = await call("/api/admin/webhooks", { query: {
-      status, limit: WEBHOOKS_PAGE, cursor: webhooks.cursors[index] } });
+    page = await call(url, { query: { ...query, [cursor]: list.cursors[index] } });
   } catch (error) {
-    if (ticket !== webhooks.latest) return;
+    if (ticket !== list.latest) return null;
     body.setAttribute("aria-busy", "false");
-    explain(error, webhookMessages, () => loadWebhooks(index, { userAction }));
-    return;
+    explain(error, messages, retry);
+    return null;
   }
-  if (ticket !== webhooks.latest) return; // a newer load (another status or page) won
-  webhooks.index = index;
-  webhooks.cursors.length = index + 1;
-  if (page.nextCursor) webhooks.cursors.push(page.nextCursor);
+  if (ticket !== list.latest) return null; // a newer load (another status or page) won
+  list.index = index;
+  list.cursors.length = index + 1;
+  if (page[next]) list.cursors.push(page[next]);
+  return page;
+}
 
-  const total = STATUSES.reduce((sum, s) => sum + (page.counts[s] || 0), 0);
-  for (const option of $("#wh-status").options) {
-    const count = option.value ? page.counts[option.value] || 0 : total;
+// The page shown: the pager's buttons and where it is; focus kept after a user's move.
+function showPage(prefix, index, hasNext, userAction) {
+  $(`#${prefix}-body`).setAttribute("aria-busy", "false");
+  $(`#${prefix}-prev`).disabled = index === 0;
+  $(`#${prefix}-next`).disabled = !hasNext;
+  $(`#${prefix}-where`).textContent = `Page ${index + 1}`;
+  if (userAction) keepFocus(null, $(`#${prefix}-title`));
+}
+
+// A status filter's options with their counts ("All events" counts every status).
+function countOptions(select, statuses, counts) {
+  const total = statuses.reduce((sum, s) => sum + (counts[s] || 0), 0);
+  for (const option of select.options) {
+    const count = option.value ? counts[option.value] || 0 : total;
     option.textContent = `${option.value ? capitalizeFirst(option.value) : "All events"} ` +
       `(${fmtInt(count)})`;
   }
+}
+
+async function loadWebhooks(index, { userAction = false } = {}) {
+  const status = $("#wh-status").value;
+  const body = $("#webhooks-body");
+  const page = await fetchPage(webhooks, index, {
+    prefix: "webhooks", url: "/api/admin/webhooks", query: { status, limit: WEBHOOKS_PAGE },
+    cursor: "cursor", next: "nextCursor", messages: webhookMessages,
+    retry: () => loadWebhooks(index, { userAction }) });
+  if (page === null) return;
+  countOptions($("#wh-status"), STATUSES, page.counts);
   fill($("#wh-counts"), ["failed", "quarantined", "pending"].map((s) => h("li", {},
     h("span", { class: `pill ${page.counts[s] ? STATUS_PILLS[s] : "neutral"}` },
       `${capitalizeFirst(s)} ${fmtInt(page.counts[s] || 0)}`))));
@@ -768,11 +793,7 @@ async function loadWebhooks(index, { userAction = false } = {}) {
     head(["Received", "Event", "Instance", "Product", "Status", "Attempts", "Details",
       h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions"))]),
     h("tbody", {}, rows)));
-  body.setAttribute("aria-busy", "false");
-  $("#webhooks-prev").disabled = index === 0;
-  $("#webhooks-next").disabled = !page.nextCursor;
-  $("#webhooks-where").textContent = `Page ${index + 1}`;
-  if (userAction) keepFocus(null, $("#webhooks-title"));
+  showPage("webhooks", index, Boolean(page.nextCursor), userAction);
 }
 
 async function replay(event, button) {
@@ -801,7 +822,7 @@ async function replay(event, button) {
 // -- events to the app ----------------------------------------------------------------------
 
 const deliveryMessages = new Messages($("#deliveries-status"), $("#deliveries-alert"));
-const deliveries = { befores: [null], index: 0, latest: 0 };
+const deliveries = { cursors: [null], index: 0, latest: 0 };
 
 function deliveryHint(item) {
   if (item.status === "delivered" && item.deliveredAt) {
@@ -820,30 +841,12 @@ function deliveryHint(item) {
 async function loadDeliveries(index, { userAction = false } = {}) {
   const status = $("#dl-status").value;
   const body = $("#deliveries-body");
-  const ticket = ++deliveries.latest;
-  body.setAttribute("aria-busy", "true");
-  $("#deliveries-prev").disabled = $("#deliveries-next").disabled = true;
-  let page;
-  try {
-    page = await call("/api/admin/deliveries", { query: {
-      status, limit: DELIVERIES_PAGE, before: deliveries.befores[index] } });
-  } catch (error) {
-    if (ticket !== deliveries.latest) return;
-    body.setAttribute("aria-busy", "false");
-    explain(error, deliveryMessages, () => loadDeliveries(index, { userAction }));
-    return;
-  }
-  if (ticket !== deliveries.latest) return; // a newer load (another status or page) won
-  deliveries.index = index;
-  deliveries.befores.length = index + 1;
-  if (page.nextBefore) deliveries.befores.push(page.nextBefore);
-
-  const total = DELIVERY_STATUSES.reduce((sum, s) => sum + (page.counts[s] || 0), 0);
-  for (const option of $("#dl-status").options) {
-    const count = option.value ? page.counts[option.value] || 0 : total;
-    option.textContent = `${option.value ? capitalizeFirst(option.value) : "All events"} ` +
-      `(${fmtInt(count)})`;
-  }
+  const page = await fetchPage(deliveries, index, {
+    prefix: "deliveries", url: "/api/admin/deliveries",
+    query: { status, limit: DELIVERIES_PAGE }, cursor: "before", next: "nextBefore",
+    messages: deliveryMessages, retry: () => loadDeliveries(index, { userAction }) });
+  if (page === null) return;
+  countOptions($("#dl-status"), DELIVERY_STATUSES, page.counts);
   fill($("#dl-counts"), ["dead", "pending"].map((s) => h("li", {},
     h("span", { class: `pill ${page.counts[s] ? DELIVERY_PILLS[s] : "neutral"}` },
       `${capitalizeFirst(s)} ${fmtInt(page.counts[s] || 0)}`))));
@@ -872,11 +875,7 @@ async function loadDeliveries(index, { userAction = false } = {}) {
     head(["Created", "Event", "Instance", "Status", "Attempts", "Details",
       h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions"))]),
     h("tbody", {}, rows)));
-  body.setAttribute("aria-busy", "false");
-  $("#deliveries-prev").disabled = index === 0;
-  $("#deliveries-next").disabled = !page.nextBefore;
-  $("#deliveries-where").textContent = `Page ${index + 1}`;
-  if (userAction) keepFocus(null, $("#deliveries-title"));
+  showPage("deliveries", index, Boolean(page.nextBefore), userAction);
 }
 
 async function replayDelivery(item, button) {
@@ -1176,7 +1175,7 @@ function wire() {
   $("#webhooks-next").addEventListener("click",
     () => loadWebhooks(webhooks.index + 1, { userAction: true }));
   $("#dl-status").addEventListener("change", () => {
-    deliveries.befores = [null];
+    deliveries.cursors = [null];
     loadDeliveries(0);
   });
   $("#deliveries-refresh").addEventListener("click", () => {
