@@ -158,16 +158,14 @@ class Grants(RuleBasedStateMachine):
                                    now=self.now, pol=RESET)
         except usage.InsufficientCredits as exc:
             refused = exc
-        state = self.saved()
-        self.reset_if_due(written=refused is None)
+        self.reset_if_due()
         self.expire()
         plan_left = max(CREDITS[self.plan] - self.used, 0)
         bonus = sum(g.remaining for g in self.live())
         if amount > plan_left + bonus:
             assert refused is not None
             assert refused.remaining == plan_left + bonus
-            self.restore(state)  # the refusal rolled the reset and the expiries back
-            return
+            return  # a refusal keeps the reset and the expiries made before it
         assert refused is None
         from_plan = min(amount, plan_left)
         assert (result.from_plan, result.from_bonus) == (from_plan, amount - from_plan)
