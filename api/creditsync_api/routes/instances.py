@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from creditsync import enums, grants, instances, reservations
+from creditsync import enums, instances, reservations
 from creditsync import errors as core_errors
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import (
@@ -24,6 +24,7 @@ from creditsync_api.deps import (
     StateDep,
 )
 from creditsync_api.routes import credits
+from creditsync_api.routes import grants as grant_routes
 from creditsync_api.routes.grants import GrantId
 
 router = APIRouter(prefix="/api/instances", tags=["app backend"])
@@ -97,8 +98,7 @@ def list_grants(
 ) -> schemas.GrantList:
     """Scope `credits:read`. Live grants in spending order with what is left, then the
     newest ended ones."""
-    return schemas.GrantList(grants=[schemas.Grant.from_core(g)
-                                     for g in grants.listing(engine, instance_id)])
+    return grant_routes.listing(engine, instance_id)
 
 
 @router.post("/{instance_id}/grants", summary="Grant credits to an instance",
@@ -111,12 +111,7 @@ def create_grant(
     """Scope `credits:grant` (a service key: an instance token cannot grant). As the admin
     route: spent after the plan credits by priority, then soonest expiry; the same
     `idempotencyKey` grants once (`replayed`), with other parameters 409."""
-    made = grants.create(engine, instance_id, body.amount, reason=body.reason, now=now,
-                         priority=body.priority, expires_at=body.expires_at,
-                         idempotency_key=body.idempotency_key, source=enums.GrantSource.APP,
-                         actor=enums.Actor.APP)
-    return schemas.GrantResult(**schemas.Grant.from_core(made.grant).model_dump(),
-                               replayed=made.replayed)
+    return grant_routes.grant(engine, instance_id, body, now, enums.Actor.APP)
 
 
 @router.post("/{instance_id}/grants/{grant_id}/void", summary="Void an instance's grant",
@@ -128,6 +123,4 @@ def void_grant(
 ) -> schemas.Grant:
     """Scope `credits:grant`. What is left leaves (ledger kind `grant_voided`); 409 unless
     the grant is live."""
-    ended = grants.void(engine, instance_id, grant_id, now=now,
-                        reason=body.reason if body else None, actor=enums.Actor.APP)
-    return schemas.Grant.from_core(ended.grant)
+    return grant_routes.void(engine, instance_id, grant_id, body, now, enums.Actor.APP)
