@@ -3,8 +3,9 @@
 One `converge()` serves every trigger (webhook, manual, plan change, CLI); `tick()`
 converges only what can have changed (the candidate sets of `changes`), and `full_scan()`
 audits the ticks: a tick, then a full converge whose changes the ticks missed. It walks
-the instances in keyset batches; SQL finds the drifted rows of a batch (`drift`: desired
-plan and allocation are computed in the query from the subscription and the catalog),
+the instances in ranges, counting them as it reads; SQL finds the drifted rows of a range
+(`drift`: desired plan and allocation are computed in the query from the instance's copy
+of its subscription and the catalog), they are read in full in batches,
 `policy` decides their new numbers, and one set-based write per batch applies them
 (`storage.converge_sqlite`, `storage.converge_pg`), guarded by `version` so that usage
 recorded concurrently is never lost, with a ledger row per change and the events to the app
@@ -14,11 +15,12 @@ same query and reports without writing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
@@ -101,9 +103,8 @@ def converge(
     pol = policy_store.resolve(engine, pol)  # read once per run, as the catalog per batch
 
     def body(summary: Summary, correlation: str) -> None:
-        summary.scanned = drift.count_instances(engine, instance_ids)
         _execute(engine, summary, instance_ids, now, pol, batch_size, actor, correlation,
-                 progress)
+                 progress, count=True)
         if instance_ids is not None and not dry_run:
             _touch(engine, instance_ids, now)
 
@@ -167,8 +168,9 @@ def full_scan(
             pending = _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
         summary.announced = frozenset(pending.instance_ids)
         summary.missed = 0
-        summary.scanned = drift.count_instances(engine)
-        _execute(engine, summary, None, now, pol, batch_size, actor, correlation, progress)
+        summary.scanned = 0  # the full pass counts what it reads
+        _execute(engine, summary, None, now, pol, batch_size, actor, correlation, progress,
+                 count=True)
         summary.announced = None
         if not dry_run:
             with database.write(engine) as conn:
@@ -213,11 +215,14 @@ def _execute(
     actor: policy.Actor,
     correlation: str,
     progress: Progress | None,
+    *,
+    count: bool = False,
 ) -> set[str]:
     """Converge `instance_ids` (None: all), re-reading the writes that lost a race with
-    concurrent usage; returns those that still lost after `MAX_CONFLICT_ROUNDS`."""
+    concurrent usage; returns those that still lost after `MAX_CONFLICT_ROUNDS`. With
+    `count`, the first pass adds the instances it reads to `scanned`."""
     conflicts = _run_pass(engine, summary, instance_ids, now, pol, batch_size, actor,
-                          correlation, progress)
+                          correlation, progress, count=count)
     rounds = 0
     while conflicts and rounds < MAX_CONFLICT_ROUNDS:
         rounds += 1
@@ -273,49 +278,82 @@ def _run_pass(
     actor: policy.Actor,
     correlation: str,
     progress: Progress | None,
+    *,
+    count: bool = False,
 ) -> set[str]:
-    """One keyset walk; returns the ids whose write lost a race with concurrent usage."""
+    """One walk: each range's drifted ids (counted as it reads them, with `count`) are read
+    in full and planned in batches, and each batch is written by a second thread while the
+    next one is read and planned (the database writes one batch as Python plans the next:
+    both cores work). Returns the ids whose write lost a race with concurrent usage.
+
+    A batch is read and written in two transactions; the write is guarded by the versions
+    read, so what changed in between loses its race and is re-read, as concurrent usage."""
     conflicts: set[str] = set()
-    for chunk in drift.id_chunks(instance_ids, batch_size):
-        after: str | None = None
-        while True:
-            with database.write(engine) as conn:
-                rows, planned, applied = _converge_batch(
-                    conn, chunk, after, batch_size, now, pol, actor, correlation, summary)
-            conflicts |= {c.instance_id for c in planned} - applied
-            if progress is not None and rows:
-                progress(len(rows))
-            if len(rows) < batch_size:
-                break
-            after = rows[-1].instance_id
+
+    def planned_batches() -> Iterator[tuple[list[drift.Candidate], list[policy.Change]]]:
+        for found in drift.drifted_ids(engine, now, pol, instance_ids):
+            if count:
+                summary.scanned += found.scanned
+            for chunk in drift.id_chunks(found.drifted, batch_size):
+                with database.read(engine) as conn:
+                    rows = drift.drifted_batch(conn, catalog.load(conn), now, pol, chunk)
+                yield rows, _plan(rows, now, pol, summary)
+
+    def write(rows: list[drift.Candidate], planned: list[policy.Change]) -> set[str]:
+        if not planned or summary.dry_run:
+            return {change.instance_id for change in planned}
+        with database.write(engine) as conn:
+            return _apply(conn, planned, rows, now, actor, correlation)
+
+    def written(batch: tuple[list[drift.Candidate], list[policy.Change]],
+                applied: set[str]) -> None:
+        rows, planned = batch
+        _record(summary, planned, applied)
+        conflicts.update({c.instance_id for c in planned} - applied)
+        if progress is not None and rows:
+            progress(len(rows))
+
+    with concurrent.futures.ThreadPoolExecutor(1, "converge-writer") as writer:
+        previous: tuple[tuple[list[drift.Candidate], list[policy.Change]],
+                        concurrent.futures.Future[set[str]]] | None = None
+        for batch in planned_batches():
+            if previous is not None:
+                written(previous[0], previous[1].result())
+            previous = (batch, writer.submit(write, *batch))
+        if previous is not None:
+            written(previous[0], previous[1].result())
     return conflicts
 
 
 def _converge_batch(
     conn: Connection,
-    ids: Sequence[str] | None,
-    after: str | None,
-    batch_size: int,
+    ids: Sequence[str],
     now: dt.datetime,
     pol: policy.Policy,
     actor: policy.Actor,
     correlation: str,
     summary: Summary,
 ) -> tuple[list[drift.Candidate], list[policy.Change], set[str]]:
+    """Read, plan and write `ids` inside the caller's transaction."""
     cat = catalog.load(conn)
-    rows = drift.drifted_batch(conn, cat, now, pol, ids, after, batch_size)
+    rows = drift.drifted_batch(conn, cat, now, pol, ids)
     planned = _plan(rows, now, pol, summary)
     if planned and not summary.dry_run:
         applied = _apply(conn, planned, rows, now, actor, correlation)
     else:
         applied = {change.instance_id for change in planned}
+    _record(summary, planned, applied)
+    return rows, planned, applied
+
+
+def _record(summary: Summary, planned: Sequence[policy.Change], applied: set[str]) -> None:
+    """Count and log the changes of a batch that were written."""
     for change in planned:
         if change.instance_id in applied:
             summary.repaired += 1
             if len(summary.changes) < KEEP_CHANGES:
                 summary.changes.append(change)
             log_change(change, summary.dry_run)
-    return rows, planned, applied
 
 
 def converge_in(
@@ -340,7 +378,7 @@ def converge_in(
     summary.scanned = len(pending)
     for _ in range(MAX_CONFLICT_ROUNDS):
         _rows, planned, applied = _converge_batch(
-            conn, pending, None, max(len(pending), 1), now, pol, actor, correlation_id, summary)
+            conn, pending, now, pol, actor, correlation_id, summary)
         pending = sorted({c.instance_id for c in planned} - applied)
         if not pending:
             break
@@ -397,7 +435,6 @@ def _touch(engine: Engine, instance_ids: Sequence[str], now: dt.datetime) -> Non
     """Mark explicitly synced instances as verified now (a one-instance sync's answer)."""
     with database.write(engine) as conn:
         for chunk in drift.id_chunks(instance_ids, 5000):
-            assert chunk is not None
             conn.execute(_i.update().where(_i.c.instance_id.in_(chunk))
                          .values(last_synced_at=now))
 

@@ -21,7 +21,6 @@ import base64
 import concurrent.futures
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -43,8 +43,8 @@ Status = enums.DeliveryStatus
 MAX_ATTEMPTS = 30  # about 20 hours of retries with `backoff` (the app may be down a while)
 ROUND_SIZE = 100  # instances' head events sent per round
 MAX_ROUNDS = 50  # rounds per `deliver_due` call, so a runner's other steps are not held up
-_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                              "0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 
 
 class Sender(Protocol):
@@ -86,13 +86,13 @@ class Delivery:
 
 
 def new_ids(count: int) -> list[str]:
-    """`msg_` and 26 characters of Crockford base32: 48 bits of the clock's milliseconds, then
-    80 random bits (a ULID's parts, so ids sort by the time they were made). One read of
-    the system's randomness for the whole batch."""
-    clock_ms = int(time.time() * 1000).to_bytes(6, "big")
-    noise = os.urandom(10 * count)
-    return ["msg_" + base64.b32encode(clock_ms + noise[10 * n:10 * n + 10]).decode()[:26]
-            .translate(_TO_CROCKFORD) for n in range(count)]
+    """`msg_` and a ULID: 26 characters of Crockford base32, 10 for the clock's
+    milliseconds (48 bits), then 16 for 80 random bits, so ids sort by the time they were
+    made. One read of the system's randomness and one encoding for the whole batch."""
+    clock_ms = int(time.time() * 1000)
+    stamp = "".join(_CROCKFORD[(clock_ms >> (5 * k)) & 31] for k in range(9, -1, -1))
+    noise = base64.b32encode(os.urandom(10 * count)).decode().translate(_TO_CROCKFORD)
+    return [f"msg_{stamp}{noise[16 * n:16 * n + 16]}" for n in range(count)]
 
 
 @functools.lru_cache(maxsize=4096)  # a batch's periods share a few boundaries
@@ -135,8 +135,9 @@ def emit_many(conn: Connection, events: Sequence[Event], *, now: dt.datetime) ->
     raw = conn.connection.driver_connection
     assert raw is not None
     stamp: object = models.sqlite_time(now) if database.is_sqlite(conn) else now
-    values = [(r["id"], r["instance_id"], r["type"], body(r["payload"]), stamp,
-               str(Status.PENDING), 0, stamp) for r in rows(events, now)]
+    pending = str(Status.PENDING)
+    values = [(webhook_id, e.instance_id, str(e.type), body(payload(e, now)), stamp, pending,
+               0, stamp) for webhook_id, e in zip(new_ids(len(events)), events, strict=True)]
     if database.is_sqlite(conn):
         raw.executemany(_SQLITE_INSERT, values)
     else:
@@ -163,9 +164,13 @@ def due_heads(conn: Connection, now: dt.datetime, limit: int) -> list[sa.Row[Any
         .order_by(_o.c.next_attempt_at, _o.c.seq).limit(limit)))
 
 
+_JSON = msgspec.json.Encoder()  # compact, UTF-8 unescaped, keys in order; ~10x `json`
+
+
 def body(event_payload: Mapping[str, Any]) -> str:
-    """The bytes that are signed and sent: compact JSON."""
-    return json.dumps(event_payload, separators=(",", ":"), ensure_ascii=False)
+    """The bytes that are signed and sent: compact JSON (what `json.dumps` with
+    `separators=(",", ":"), ensure_ascii=False` writes)."""
+    return _JSON.encode(event_payload).decode()
 
 
 def _attempt(client: Sender, row: sa.Row[Any]) -> str | None:

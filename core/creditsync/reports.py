@@ -140,7 +140,8 @@ def instance(
 
 
 def _with_report_columns(query: sa.Select[Any]) -> sa.Select[Any]:
-    return query.add_columns(
+    """The drift query with what a report shows beside it (the subscription's status)."""
+    return query.outerjoin(_s, _s.c.instance_id == _i.c.instance_id).add_columns(
         _i.c.credits_held, _i.c.last_synced_at, _i.c.created_at, _i.c.updated_at,
         _s.c.status.label("subscription_status"), _s.c.expires_at)
 

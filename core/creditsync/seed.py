@@ -3,7 +3,8 @@
 Set-based: one INSERT … SELECT per table over a generated series, so a million rows take
 seconds. Drifted rows are spread evenly and reproduce the original bug: a paid instance
 stuck at the default plan's credits (or, for a free instance, a hand-edited allocation).
-Nothing is converged.
+Nothing is converged. Each instance is inserted with its copy of the subscription inserted
+after it (the triggers that keep the copy then find nothing to write).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def seed(
         {sql['series']}
         INSERT INTO instances (instance_id, plan_id, credits_total, bonus_credits,
             credits_used_month, period_start, period_end, applied_rev, version, created_at,
-            updated_at, last_synced_at)
+            updated_at, last_synced_at, paid_plan_id, subscription_rev, subscription_time)
         SELECT {sql['id']},
             CASE WHEN {is_drifted} THEN '{default.id}' ELSE {plan_case} END,
             CASE WHEN {is_drifted} AND n % 10 IN ({paid_keys}) THEN {default.monthly_credits}
@@ -85,7 +86,10 @@ def seed(
                  ELSE {credits_case} END,
             0, (n * 7) % 50, {sql['days_ago']}, {sql['days_ahead']},
             CASE WHEN n % 10 IN ({paid_keys}) THEN 1 ELSE 0 END, 0,
-            {sql['now']}, {sql['now']}, NULL
+            {sql['now']}, {sql['now']}, NULL,
+            CASE WHEN n % 10 IN ({paid_keys}) THEN {plan_case} END,
+            CASE WHEN n % 10 IN ({paid_keys}) THEN 1 END,
+            CASE WHEN n % 10 IN ({paid_keys}) THEN {sql['days_ago']} END
         FROM g
     """
     subscription_sql = f"""

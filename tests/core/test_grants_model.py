@@ -223,6 +223,13 @@ class Grants(RuleBasedStateMachine):
         self.expire()
 
     @rule()
+    def converge_as_the_period_ends(self) -> None:
+        """The loop's tick an hour after the period ended (the monthly reset, and a
+        rollover of what was unused)."""
+        self.now = max(self.now, self.period_end + HOUR)
+        self.converge()
+
+    @rule()
     def converge(self) -> None:
         convergence.converge(self.engine, trigger="timer", actor="timer", now=self.now,
                              instance_ids=[self.name], pol=RESET)

@@ -5,12 +5,15 @@ PostgreSQL, to a real HTTP receiver that verifies every signature with `standard
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from creditsync import (
@@ -353,3 +356,20 @@ def test_the_secret_must_be_whsec_base64_of_24_to_64_bytes() -> None:
                                                  "CREDITSYNC_APP_WEBHOOK_SECRET is not"):
         servers.require_secrets()
     servers.replace(app_webhook_secret=new_secret()).require_secrets()
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.text(), _json_values, max_size=6))
+def test_a_body_is_the_compact_json_the_app_verifies(data: dict[str, object]) -> None:
+    """The signed bytes are compact JSON, UTF-8 unescaped, in the payload's key order (what
+    `json.dumps` writes with those options), and read back to the same payload."""
+    event = outbox.payload(outbox.Event("i-é", enums.AppEvent.CREDITS_LOW, data), T0)
+    sent = outbox.body(event)
+    assert sent == json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    assert json.loads(sent) == event

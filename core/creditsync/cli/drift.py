@@ -24,9 +24,8 @@ def check(ctx: Context, as_json: bool, instance_ids: tuple[str, ...]) -> None:
     """
     ctx.require_schema()
     ids = list(instance_ids) or None
-    scanned = drift.count_instances(ctx.engine, ids)
-    drifted = list(drift.scan(ctx.engine, instance_ids=ids,
-                                    batch_size=ctx.settings.batch_size))
+    scanned, drifted = drift.check(ctx.engine, instance_ids=ids,
+                                   batch_size=ctx.settings.batch_size)
     if as_json:
         click.echo(json.dumps({
             "scanned": scanned,

@@ -124,8 +124,21 @@ def write(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction whose statements all see one snapshot, however long it
+    lasts (`REPEATABLE READ` on PostgreSQL; on SQLite every read transaction is one)."""
+    with engine.connect() as connection:
+        if not is_sqlite(connection):
+            connection.execution_options(isolation_level="REPEATABLE READ",
+                                         postgresql_readonly=True)
+        with connection.begin():
+            yield connection
+
+
+@contextmanager
 def read(engine: Engine) -> Iterator[Connection]:
-    """A connection inside a read transaction (one consistent snapshot)."""
+    """A connection inside a read transaction (on SQLite one snapshot; on PostgreSQL each
+    statement sees what was committed when it started: `snapshot()` for one view)."""
     with engine.connect() as connection, connection.begin():
         yield connection
 
