@@ -243,13 +243,16 @@ def _tick_pass(
     """Converge the candidate sets; queue what lost its race again; mark the sets done."""
     with database.read(engine) as conn:
         pending = changes.collect(conn, now, pol.expiry_grace_period)
+        if not pending.instance_ids:  # nothing to converge: one read for both
+            _missing_plans(conn, summary)
     summary.candidates = dict(pending.sets)
     summary.scanned += len(pending.instance_ids)
     failed: set[str] = set()
     if pending.instance_ids:
         failed = _execute(engine, summary, pending.instance_ids, now, pol, batch_size, actor,
                           correlation, None)
-    _missing_plans(engine, summary)
+        with database.read(engine) as conn:
+            _missing_plans(conn, summary)
     if not summary.dry_run:
         with database.write(engine) as conn:
             changes.enqueue(conn, failed, now)
@@ -257,13 +260,12 @@ def _tick_pass(
     return pending
 
 
-def _missing_plans(engine: Engine, summary: Summary) -> None:
+def _missing_plans(conn: Connection, summary: Summary) -> None:
     """A tick reports the instances on plans the catalog lacks as a full scan would (an
     index probe per plan in use), so a tick never clears a `PlanMissing`."""
-    with database.read(engine) as conn:
-        known = {plan.id for plan in catalog.read_plans(conn)}
-        missing = sorted(set(changes.plans_in_use(conn)) - known)
-        on_missing = changes.count_on(conn, missing)
+    known = {plan.id for plan in catalog.read_plans(conn)}
+    missing = sorted(set(changes.plans_in_use(conn)) - known)
+    on_missing = changes.count_on(conn, missing)
     summary.missing_plans |= set(missing)
     summary.plan_missing = max(summary.plan_missing, on_missing)
 
