@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from creditsync import catalog, compat, convergence, drift, instances, plans, policy
+from creditsync import catalog, compat, convergence, drift, instances, plans, policy, usage
 from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, RESET, accept, count, hand_edit, instance
 from tests.support.ledger import assert_ledger_replays
@@ -177,3 +179,35 @@ def test_credits_view_reports_sync_state_without_repairing(engine: Engine) -> No
     assert dataclasses.astuple(view)[:6] == ("v", "free", 3, 0, 0, 3)
     assert view.in_sync is False
     assert instance(engine, "v").credits_total == 3
+
+
+def test_a_spend_between_a_batchs_read_and_its_write_is_kept(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full converge reads a batch in one transaction and writes it in another (the next
+    batch is read meanwhile): an instance spent from in between loses its version race,
+    is read again and repaired, and the spend is kept."""
+    for name in ("a", "b"):
+        instances.provision(engine, name, now=T0, pol=RESET)
+        hand_edit(engine, name, credits_total=7)
+    read = drift.drifted_batch
+    spent: list[str] = []
+
+    def read_then_spend(*args: Any) -> list[drift.Candidate]:
+        rows = read(*args)
+        if not spent:
+            spent.append("a")  # another transaction, after the batch was read
+            usage.consume(engine, "a", 5, "between", now=T0 + HOUR, pol=RESET)
+        return rows
+
+    monkeypatch.setattr(drift, "drifted_batch", read_then_spend)
+    summary = convergence.converge(engine, trigger="timer", actor="timer", now=T0 + HOUR,
+                                   pol=RESET)
+    assert (summary.scanned, summary.repaired, summary.failed) == (2, 2, 0)
+    row = instance(engine, "a")
+    assert (row.credits_total, row.credits_used_month) == (100, 5)
+    assert instance(engine, "b").credits_total == 100
+    ledger = models.LEDGER
+    with database.read(engine) as conn:  # the repair was decided on the numbers after it
+        repair = conn.execute(sa.select(ledger).where(
+            ledger.c.instance_id == "a", ledger.c.kind == "drift_repair")).one()
+    assert (repair.credits_used_before, repair.credits_used_after) == (5, 5)

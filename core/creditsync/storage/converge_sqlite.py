@@ -1,14 +1,16 @@
 """Convergence's batch writer on SQLite: `executemany` inside the `BEGIN IMMEDIATE` batch.
 
 Straight to the driver: SQLAlchemy's per-row parameter processing would cost more than the
-writes. Each statement sets only the columns its rows change (SQLite rewrites every index
-on a column named in `SET`), guarded by `version`; the ledger rows follow `ledger.COLUMNS`,
-and their ids are read back for the batch's events to the app.
+writes. The versions read are checked again inside the write transaction (what changed
+meanwhile lost its race); each statement sets only the columns its rows change (SQLite
+rewrites every index on a column named in `SET`), guarded by `version`; the ledger rows
+follow `ledger.COLUMNS`, and their ids are read back for the batch's events to the app.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
@@ -34,11 +36,18 @@ def apply(
 ) -> tuple[set[str], dict[tuple[str, str], int]]:
     """Write `changes`; the ids written, and each step's ledger row by (instance id, kind)."""
     # Straight to the driver: SQLAlchemy's per-row parameter processing would cost more
-    # than the writes. BEGIN IMMEDIATE means no other writer ran since this transaction
-    # read the rows, so the version guard cannot fail here; it stays as a safety net.
+    # than the writes. The rows were read in an earlier transaction: the versions are
+    # checked again here, inside BEGIN IMMEDIATE (no other writer runs until it commits),
+    # and a change whose instance was written meanwhile lost its race and is not applied;
+    # the guard in the UPDATE stays as a safety net.
     raw = conn.connection.driver_connection
     assert raw is not None
     stamp = models.sqlite_time(now)
+    found = dict(raw.execute(
+        "SELECT instance_id, version FROM instances "
+        "WHERE instance_id IN (SELECT value FROM json_each(?))",
+        (json.dumps([c.instance_id for c in changes]),)).fetchall())
+    changes = [c for c in changes if found.get(c.instance_id) == versions[c.instance_id]]
     # SQLite rewrites every index on a column named in SET, changed or not: so each
     # statement sets only the columns its rows change (a repair touches two of six).
     by_shape: dict[tuple[str, ...], list[policy.Change]] = {}
