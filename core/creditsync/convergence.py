@@ -136,7 +136,7 @@ def tick(
         _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
 
     return _recorded(engine, Summary(str(uuid.uuid4()), trigger, dry_run, now, scope="changed"),
-                     None, record_run, body)
+                     None, record_run, body, row_first=False)
 
 
 def full_scan(
@@ -181,26 +181,27 @@ def full_scan(
 
 
 def _recorded(engine: Engine, summary: Summary, correlation_id: str | None, record_run: bool,
-              body: Body) -> Summary:
-    """Run `body` as one recorded sync run (no row for a dry run), timed and logged."""
+              body: Body, *, row_first: bool = True) -> Summary:
+    """Run `body` as one recorded sync run (no row for a dry run), timed and logged.
+
+    The run's row is written when it starts and completed when it ends; with `row_first`
+    False (a tick: milliseconds, every interval) it is written once, when it ends."""
     started = time.perf_counter()
     correlation = correlation_id or summary.run_id
     record = record_run and not summary.dry_run
-    if record:
+    if record and row_first:
         with database.write(engine) as conn:
-            conn.execute(_runs.insert().values(
-                id=summary.run_id, trigger=summary.trigger, dry_run=False,
-                started_at=summary.started_at, scope=summary.scope))
+            conn.execute(_runs.insert().values(_run_row(summary)))
     try:
         body(summary, correlation)
     except Exception as exc:
         summary.duration_s = time.perf_counter() - started
         if record:
-            _finish(engine, summary, error=f"{type(exc).__name__}: {exc}")
+            _finish(engine, summary, row_first, error=f"{type(exc).__name__}: {exc}")
         raise
     summary.duration_s = time.perf_counter() - started
     if record:
-        _finish(engine, summary)
+        _finish(engine, summary, row_first)
     log.info(summary.line(), extra={"run": _run_fields(summary)})
     return summary
 
@@ -441,13 +442,23 @@ def _touch(engine: Engine, instance_ids: Sequence[str], now: dt.datetime) -> Non
                          .values(last_synced_at=now))
 
 
-def _finish(engine: Engine, summary: Summary, error: str | None = None) -> None:
+def _run_row(summary: Summary) -> dict[str, object]:
+    """A run's row as it starts."""
+    return {"id": summary.run_id, "trigger": summary.trigger, "dry_run": False,
+            "started_at": summary.started_at, "scope": summary.scope}
+
+
+def _finish(engine: Engine, summary: Summary, row_written: bool,
+            error: str | None = None) -> None:
+    done = {"finished_at": clock.utcnow(), "scanned": summary.scanned,
+            "drifted": summary.drifted, "repaired": summary.repaired, "failed": summary.failed,
+            "missed": summary.missed, "duration_ms": int(summary.duration_s * 1000),
+            "error": error}
     with database.write(engine) as conn:
-        conn.execute(_runs.update().where(_runs.c.id == summary.run_id).values(
-            finished_at=clock.utcnow(), scanned=summary.scanned, drifted=summary.drifted,
-            repaired=summary.repaired, failed=summary.failed, missed=summary.missed,
-            duration_ms=int(summary.duration_s * 1000), error=error,
-        ))
+        if row_written:
+            conn.execute(_runs.update().where(_runs.c.id == summary.run_id).values(done))
+        else:
+            conn.execute(_runs.insert().values({**_run_row(summary), **done}))
 
 
 def log_change(change: policy.Change, dry_run: bool) -> None:
