@@ -79,6 +79,9 @@ class Summary:
 
 Progress = Callable[[int], None]
 Body = Callable[[Summary, str], None]
+# a batch being written: its rows, its changes, and the ids its write applied
+InFlight = tuple[list[drift.Candidate], list[policy.Change],
+                 concurrent.futures.Future[set[str]]]
 
 
 def converge(
@@ -285,22 +288,38 @@ def _run_pass(
     count: bool = False,
 ) -> set[str]:
     """One walk: each range's drifted ids (counted as it reads them, with `count`) are read
-    in full and planned in batches, and each batch is written by a second thread while the
-    next one is read and planned (the database writes one batch as Python plans the next:
-    both cores work). Returns the ids whose write lost a race with concurrent usage.
-
-    A batch is read and written in two transactions; the write is guarded by the versions
-    read, so what changed in between loses its race and is re-read, as concurrent usage."""
+    in full and planned in batches. On PostgreSQL each batch is written by a second thread
+    while the next one is read and planned (the server writes one batch as Python plans the
+    next: both cores work); a batch is then read and written in two transactions, and the
+    write is guarded by the versions read, so what changed in between loses its race and
+    is re-read, as concurrent usage. On SQLite (one writer, in this process: a second
+    thread only contends) each batch is read, planned and written in one `BEGIN
+    IMMEDIATE`. Returns the ids whose write lost a race with concurrent usage."""
     conflicts: set[str] = set()
 
-    def planned_batches() -> Iterator[tuple[list[drift.Candidate], list[policy.Change]]]:
+    def chunks() -> Iterator[Sequence[str]]:
         for found in drift.drifted_ids(engine, now, pol, instance_ids):
             if count:
                 summary.scanned += found.scanned
-            for chunk in drift.id_chunks(found.drifted, batch_size):
-                with database.read(engine) as conn:
-                    rows = drift.drifted_batch(conn, catalog.load(conn), now, pol, chunk)
-                yield rows, _plan(rows, now, pol, summary)
+            yield from drift.id_chunks(found.drifted, batch_size)
+
+    def written(rows: list[drift.Candidate], planned: list[policy.Change],
+                applied: set[str]) -> None:
+        conflicts.update({c.instance_id for c in planned} - applied)
+        if progress is not None and rows:
+            progress(len(rows))
+
+    if database.is_sqlite(engine):
+        for chunk in chunks():
+            with database.write(engine) as conn:
+                written(*_converge_batch(conn, chunk, now, pol, actor, correlation, summary))
+        return conflicts
+
+    def planned_batches() -> Iterator[tuple[list[drift.Candidate], list[policy.Change]]]:
+        for chunk in chunks():
+            with database.read(engine) as conn:
+                rows = drift.drifted_batch(conn, catalog.load(conn), now, pol, chunk)
+            yield rows, _plan(rows, now, pol, summary)
 
     def write(rows: list[drift.Candidate], planned: list[policy.Change]) -> set[str]:
         if not planned or summary.dry_run:
@@ -308,23 +327,20 @@ def _run_pass(
         with database.write(engine) as conn:
             return _apply(conn, planned, rows, now, actor, correlation)
 
-    def written(batch: tuple[list[drift.Candidate], list[policy.Change]],
-                applied: set[str]) -> None:
-        rows, planned = batch
+    def settle(batch: InFlight) -> None:
+        rows, planned, future = batch
+        applied = future.result()
         _record(summary, planned, applied)
-        conflicts.update({c.instance_id for c in planned} - applied)
-        if progress is not None and rows:
-            progress(len(rows))
+        written(rows, planned, applied)
 
     with concurrent.futures.ThreadPoolExecutor(1, "converge-writer") as writer:
-        previous: tuple[tuple[list[drift.Candidate], list[policy.Change]],
-                        concurrent.futures.Future[set[str]]] | None = None
-        for batch in planned_batches():
+        previous: InFlight | None = None
+        for rows, planned in planned_batches():
             if previous is not None:
-                written(previous[0], previous[1].result())
-            previous = (batch, writer.submit(write, *batch))
+                settle(previous)
+            previous = (rows, planned, writer.submit(write, rows, planned))
         if previous is not None:
-            written(previous[0], previous[1].result())
+            settle(previous)
     return conflicts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from sqlalchemy.engine import Engine
 from creditsync import catalog, compat, convergence, drift, instances, plans, policy, usage
 from creditsync.storage import database, models
 from tests.core.helpers import DAY, HOUR, RESET, accept, count, hand_edit, instance
+from tests.support.database import new_pg_database
 from tests.support.ledger import assert_ledger_replays
+from tests.support.postgres import PostgresCluster
 from tests.support.times import T0
 
 LEDGER = models.LEDGER
@@ -181,11 +184,22 @@ def test_credits_view_reports_sync_state_without_repairing(engine: Engine) -> No
     assert instance(engine, "v").credits_total == 3
 
 
+@pytest.fixture
+def pg_engine(pg: PostgresCluster) -> Iterator[Engine]:
+    """A fresh PostgreSQL database: where a full converge reads a batch and writes it in
+    two transactions (the next batch is read meanwhile)."""
+    engine = database.create(pg.url(new_pg_database(pg)))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def test_a_spend_between_a_batchs_read_and_its_write_is_kept(
-        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full converge reads a batch in one transaction and writes it in another (the next
-    batch is read meanwhile): an instance spent from in between loses its version race,
-    is read again and repaired, and the spend is kept."""
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance spent from between its batch's read and its write loses its version
+    race, is read again and repaired, and the spend is kept."""
+    engine = pg_engine
     for name in ("a", "b"):
         instances.provision(engine, name, now=T0, pol=RESET)
         hand_edit(engine, name, credits_total=7)
@@ -211,3 +225,22 @@ def test_a_spend_between_a_batchs_read_and_its_write_is_kept(
         repair = conn.execute(sa.select(ledger).where(
             ledger.c.instance_id == "a", ledger.c.kind == "drift_repair")).one()
     assert (repair.credits_used_before, repair.credits_used_after) == (5, 5)
+
+
+def test_a_batch_writer_skips_what_changed_since_it_was_read(engine: Engine) -> None:
+    """The batch writers themselves (SQLite's, PostgreSQL's) apply only the changes whose
+    instance still has the version read: the others lost their race."""
+    for name in ("a", "b"):
+        instances.provision(engine, name, now=T0, pol=RESET)
+        hand_edit(engine, name, credits_total=7)
+    with database.read(engine) as conn:
+        rows = drift.drifted_batch(conn, catalog.load(conn), T0 + HOUR, RESET, ["a", "b"])
+    planned = [policy.Change(row.instance_id, tuple(policy.transition(
+        row.actual, row.desired, T0 + HOUR, RESET))) for row in rows]
+    usage.consume(engine, "a", 5, "meanwhile", now=T0 + HOUR, pol=RESET)
+    with database.write(engine) as conn:
+        applied = convergence._apply(conn, planned, rows, T0 + HOUR, "timer", "test")
+    assert applied == {"b"}
+    assert (instance(engine, "a").credits_total, instance(engine, "a").credits_used_month) == (
+        7, 5)
+    assert instance(engine, "b").credits_total == 100
