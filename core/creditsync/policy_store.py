@@ -42,8 +42,11 @@ class Effective:
         return self.source.startswith(CREDITSYNC_PREFIX)
 
 
+_READ = sa.select(_p).where(_p.c.id == 1)  # built once: a spend reads it every time
+
+
 def read(conn: Connection) -> Effective:
-    row = conn.execute(sa.select(_p).where(_p.c.id == 1)).first()
+    row = conn.execute(_READ).first()
     if row is None:
         return Effective(policy.Policy(), DEFAULT_SOURCE, None)
     return Effective(policy.from_row((row.usage_on_plan_change, row.expiry_grace_seconds,

@@ -169,7 +169,7 @@ def _commit(conn: Connection, found: Reservation, amount: int | None, now: dt.da
                      released=found.amount, then=lambda _taken: settled, pol=pol)
     else:
         holds.release(conn, [(found.instance_id, found.amount)])
-        conn.execute(settled)
+        conn.execute(*settled)
     return replace(found, status=Status.COMMITTED, committed_amount=charged, settled_at=now)
 
 
@@ -210,15 +210,20 @@ def _settling(
         yield conn, Reservation.of(row)
 
 
+_SETTLE = _r.update().where(_r.c.id == sa.bindparam("r_id")).values(
+    status=sa.bindparam("r_status"), committed_amount=sa.bindparam("r_committed"),
+    settled_at=sa.bindparam("r_now"))
+
+
 def _settlement(found: Reservation, status: Status, now: dt.datetime, *,
-                committed: int | None = None) -> sa.Update:
-    return _r.update().where(_r.c.id == found.id).values(
-        status=status, committed_amount=committed, settled_at=now)
+                committed: int | None = None) -> usage.Follow:
+    return _SETTLE, {"r_id": found.id, "r_status": str(status), "r_committed": committed,
+                     "r_now": now}
 
 
 def _settle(conn: Connection, found: Reservation, status: Status, now: dt.datetime) -> (
         Reservation):
-    conn.execute(_settlement(found, status, now))
+    conn.execute(*_settlement(found, status, now))
     return replace(found, status=status, settled_at=now)
 
 

@@ -7,6 +7,7 @@ reservation's commit; `charge` the one write of a spend."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,31 @@ _keys = models.USAGE_REQUESTS
 
 
 InsufficientCredits = errors.InsufficientCredits
+
+# A write made with a spend, built once with bind parameters (`then` of `charge`): its
+# statement and its parameters. The hot path's statements are built once, so a request
+# pays for no statement construction, only for its parameters.
+Follow = tuple[sa.Insert | sa.Update, dict[str, Any]]
+
+_SPEND = _i.update().where(_i.c.instance_id == sa.bindparam("s_instance")).values(
+    credits_used_month=sa.bindparam("s_used"), bonus_credits=sa.bindparam("s_bonus"),
+    credits_held=_i.c.credits_held - sa.bindparam("s_released"), version=_i.c.version + 1,
+    updated_at=sa.bindparam("s_now"))
+_ENTRY = _ledger.insert().values(
+    {column: sa.bindparam(f"l_{column}") for column in ledger.COLUMNS}).returning(_ledger.c.id)
+_REMEMBER = _keys.insert().values(
+    {column: sa.bindparam(f"k_{column}") for column in (
+        "instance_id", "idempotency_key", "amount", "from_plan", "from_bonus",
+        "remaining_after", "created_at")})
+
+
+@functools.cache
+def _spend_statement(then: sa.Insert | sa.Update | None) -> sa.Select[Any]:
+    """PostgreSQL: the spend, its ledger row and `then` in one statement (data-modifying
+    CTEs), one round trip; built once per `then` statement."""
+    written = _ENTRY.cte("entry")
+    ctes = [_SPEND.cte("spent"), *([then.cte("last")] if then is not None else [])]
+    return sa.select(written.c.id).add_cte(*ctes)
 
 
 @dataclass(frozen=True)
@@ -100,11 +126,12 @@ def consume(
         if amount > left:
             refused = InsufficientCredits(instance_id, amount, left)
         else:
-            def remember(taken: Draw) -> sa.Insert:  # the key's first result
-                return _keys.insert().values(
-                    instance_id=instance_id, idempotency_key=idempotency_key, amount=amount,
-                    from_plan=taken.from_plan, from_bonus=taken.from_bonus,
-                    remaining_after=left - amount, created_at=now)
+            def remember(taken: Draw) -> Follow:  # the key's first result
+                return _REMEMBER, {
+                    "k_instance_id": instance_id, "k_idempotency_key": idempotency_key,
+                    "k_amount": amount, "k_from_plan": taken.from_plan,
+                    "k_from_bonus": taken.from_bonus, "k_remaining_after": left - amount,
+                    "k_created_at": now}
 
             taken = charge(conn, row, amount, now=now, correlation_id=idempotency_key,
                            then=remember, pol=pol)
@@ -154,7 +181,7 @@ def spendable_at_least(
 def charge(
     conn: Connection, row: sa.Row[Any], amount: int, *, now: dt.datetime,
     correlation_id: str, released: int = 0,
-    then: Callable[[Draw], sa.Insert | sa.Update] | None = None,
+    then: Callable[[Draw], Follow] | None = None,
     pol: policy.Policy | None = None,
 ) -> Draw:
     """Charge `amount` to the locked instance `row` (the `draw` order) with its one `usage`
@@ -168,23 +195,21 @@ def charge(
     before = instances.numbers_of(row)
     after = before._replace(credits_used=row.credits_used_month + taken.from_plan,
                             bonus_credits=row.bonus_credits - taken.from_bonus)
-    update = _i.update().where(_i.c.instance_id == row.instance_id).values(
-        credits_used_month=after.credits_used, bonus_credits=after.bonus_credits,
-        credits_held=_i.c.credits_held - released, version=_i.c.version + 1, updated_at=now)
-    entry = _ledger.insert().values(**ledger.entry(
+    spend = {"s_instance": row.instance_id, "s_used": after.credits_used,
+             "s_bonus": after.bonus_credits, "s_released": released, "s_now": now}
+    entry = {f"l_{column}": value for column, value in ledger.entry(
         row.instance_id, enums.LedgerKind.USAGE, before, after, at=now, actor=enums.Actor.APP,
-        correlation_id=correlation_id, reason=None)).returning(_ledger.c.id)
-    last = then(taken) if then is not None else None
+        correlation_id=correlation_id, reason=None).items()}
+    last, last_params = then(taken) if then is not None else (None, {})
     draws = grants.draw(conn, row.instance_id, taken.from_bonus, now)
     if database.is_sqlite(conn):
-        conn.execute(update)
-        ledger_id = int(conn.execute(entry).scalar_one())
+        conn.execute(_SPEND, spend)
+        ledger_id = int(conn.execute(_ENTRY, entry).scalar_one())
         if last is not None:
-            conn.execute(last)
+            conn.execute(last, last_params)
     else:
-        written = entry.cte("entry")
-        ctes = [update.cte("spent"), *([last.cte("last")] if last is not None else [])]
-        ledger_id = int(conn.execute(sa.select(written.c.id).add_cte(*ctes)).scalar_one())
+        ledger_id = int(conn.execute(_spend_statement(last),
+                                     {**spend, **entry, **last_params}).scalar_one())
     grants.record_draws(conn, ledger_id, draws)
     events.after_spend(conn, row.instance_id, before, after, ledger_id=ledger_id, now=now,
                        pol=pol if pol is not None else policy_store.load(conn),
@@ -242,20 +267,22 @@ def _entry(conn: Connection, ledger_id: int) -> instances.HistoryEntry:
         **{k: v for k, v in entry._mapping.items() if k != "instance_id"})
 
 
+_seen = _keys.alias("seen")
+_WITH_KEY = sa.select(
+    _i, _seen.c.amount.label("seen_amount"), _seen.c.from_plan.label("seen_from_plan"),
+    _seen.c.from_bonus.label("seen_from_bonus"),
+    _seen.c.remaining_after.label("seen_remaining_after"),
+).select_from(_i.outerjoin(_seen, sa.and_(_seen.c.instance_id == _i.c.instance_id,
+                                          _seen.c.idempotency_key == sa.bindparam("key")))
+).where(_i.c.instance_id == sa.bindparam("instance"))
+_WITH_KEY_LOCKED = _WITH_KEY.with_for_update(of=_i)
+
+
 def _locked_with_key(conn: Connection, instance_id: str, key: str) -> sa.Row[Any]:
     """The locked instance row and, as `seen_*`, the first result of `key` if any (one
     read: the lock is already held, so this statement sees every committed write)."""
-    seen = _keys.alias("seen")
-    query = sa.select(
-        _i, seen.c.amount.label("seen_amount"), seen.c.from_plan.label("seen_from_plan"),
-        seen.c.from_bonus.label("seen_from_bonus"),
-        seen.c.remaining_after.label("seen_remaining_after"),
-    ).select_from(_i.outerjoin(seen, sa.and_(seen.c.instance_id == _i.c.instance_id,
-                                             seen.c.idempotency_key == key))
-    ).where(_i.c.instance_id == instance_id)
-    if not database.is_sqlite(conn):
-        query = query.with_for_update(of=_i)
-    row = conn.execute(query).first()
+    query = _WITH_KEY if database.is_sqlite(conn) else _WITH_KEY_LOCKED
+    row = conn.execute(query, {"key": key, "instance": instance_id}).first()
     if row is None:
         raise instances.UnknownInstance(instance_id)
     return row
