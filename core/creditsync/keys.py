@@ -123,6 +123,9 @@ def looks_like_key(raw: str) -> bool:
     return raw.startswith(PREFIX)
 
 
+_BY_ID = sa.select(_k).where(_k.c.id == sa.bindparam("key_id"))  # every request: built once
+
+
 def authenticate(engine: Engine, raw: str, *, now: dt.datetime) -> ServiceKey:
     """The key `raw` names, if its secret matches and it is not revoked; else `BadKey`."""
     match = _SHAPE.match(raw)
@@ -131,7 +134,7 @@ def authenticate(engine: Engine, raw: str, *, now: dt.datetime) -> ServiceKey:
                      "exactly as `creditsync keys create` printed it")
     key_id, secret = match.groups()
     with database.read_once(engine) as conn:
-        row = conn.execute(sa.select(_k).where(_k.c.id == key_id)).first()
+        row = conn.execute(_BY_ID, {"key_id": key_id}).first()
     # an unknown id is compared against a dummy digest, so both answers take as long
     stored = row.secret_hash if row is not None else _DUMMY
     if not hmac.compare_digest(_digest(secret), stored) or row is None:
