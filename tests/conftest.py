@@ -45,6 +45,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema at all (for tests of the migrations), on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("pg")
+    return cluster.url(database_helpers.new_pg_database(cluster, template=None))
+
+
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = database.create(db_url)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -300,15 +299,6 @@ def test_concurrent_consumes_grants_and_voids_never_lose_or_double_spend(
     # every credit (100 plan, 200 granted) is spent, voided or still there; none twice
     assert spent[0] + int(voided) + row.bonus_credits + (100 - row.credits_used_month) == 300
     assert_ledger_replays(engine)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database with no schema at all."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'empty.db'}"
-    cluster = request.getfixturevalue("pg")
-    return str(cluster.url(database_helpers.new_pg_database(cluster, template=None)))
 
 
 def test_the_migration_turns_bonus_credits_into_one_grant_each(empty_url: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +24,7 @@ from creditsync import (
 from creditsync.storage import database, models, schema
 from tests.core.helpers import DAY, HOUR, RESET, accept, instance
 from tests.support import waiting
-from tests.support.database import instances_as_of_0003, new_pg_database
+from tests.support.database import instances_as_of_0003
 from tests.support.holds import assert_holds_match
 from tests.support.ledger import assert_ledger_replays
 from tests.support.times import T0
@@ -262,15 +261,8 @@ def test_the_standalone_loop_expires_holds_between_runs(engine: Engine) -> None:
     assert instance(engine, "u").credits_held == 5
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_the_migration_gives_existing_instances_no_holds(
-        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/old.db"
-    else:
-        cluster = request.getfixturevalue("pg")
-        url = cluster.url(new_pg_database(cluster, template=None))
-    engine = database.create(url)
+def test_the_migration_gives_existing_instances_no_holds(empty_url: str) -> None:
+    engine = database.create(empty_url)
     try:
         schema.upgrade(engine, "0003")
         old = instances_as_of_0003()

@@ -140,15 +140,8 @@ def _fresh(backend: str, request: pytest.FixtureRequest, directory: Path) -> Eng
     return engine
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_the_migration_copies_existing_subscriptions(
-        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/old.db"
-    else:
-        cluster = request.getfixturevalue("pg")
-        url = cluster.url(new_pg_database(cluster, template=None))
-    engine = database.create(url)
+def test_the_migration_copies_existing_subscriptions(empty_url: str) -> None:
+    engine = database.create(empty_url)
     try:
         schema.upgrade(engine, "0007")
         old = instances_as_of_0003()
