@@ -16,6 +16,7 @@ same query and reports without writing.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -79,6 +80,21 @@ class Summary:
 
 Progress = Callable[[int], None]
 Body = Callable[[Summary, str], None]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every pass of one run works with: its summary, its moment and policy, its
+    batch size, who acts and under which correlation, and where progress goes."""
+
+    engine: Engine
+    summary: Summary
+    now: dt.datetime
+    pol: policy.Policy
+    batch_size: int
+    actor: policy.Actor
+    correlation: str
+    progress: Progress | None = None
 # a batch being written: its rows, its changes, and the ids its write applied
 InFlight = tuple[list[drift.Candidate], list[policy.Change],
                  concurrent.futures.Future[set[str]]]
@@ -106,8 +122,8 @@ def converge(
     pol = policy_store.resolve(engine, pol)  # read once per run, as the catalog per batch
 
     def body(summary: Summary, correlation: str) -> None:
-        _execute(engine, summary, instance_ids, now, pol, batch_size, actor, correlation,
-                 progress, count=True)
+        _execute(_Run(engine, summary, now, pol, batch_size, actor, correlation, progress),
+                 instance_ids, count=True)
         if instance_ids is not None and not dry_run:
             _touch(engine, instance_ids, now)
 
@@ -136,7 +152,7 @@ def tick(
     pol = policy_store.resolve(engine, pol)
 
     def body(summary: Summary, correlation: str) -> None:
-        _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
+        _tick_pass(_Run(engine, summary, now, pol, batch_size, actor, correlation))
 
     return _recorded(engine, Summary(str(uuid.uuid4()), trigger, dry_run, now, scope="changed"),
                      None, record_run, body, row_first=False)
@@ -164,16 +180,16 @@ def full_scan(
     pol = policy_store.resolve(engine, pol)
 
     def body(summary: Summary, correlation: str) -> None:
+        run = _Run(engine, summary, now, pol, batch_size, actor, correlation, progress)
         if dry_run:  # nothing converges: the full pass alone counts, announced or not
             with database.read(engine) as conn:
                 pending = changes.collect(conn, now, pol.expiry_grace_period)
         else:
-            pending = _tick_pass(engine, summary, now, pol, batch_size, actor, correlation)
+            pending = _tick_pass(run)
         summary.announced = frozenset(pending.instance_ids)
         summary.missed = 0
         summary.scanned = 0  # the full pass counts what it reads
-        _execute(engine, summary, None, now, pol, batch_size, actor, correlation, progress,
-                 count=True)
+        _execute(run, None, count=True)
         summary.announced = None
         if not dry_run:
             with database.write(engine) as conn:
@@ -209,24 +225,12 @@ def _recorded(engine: Engine, summary: Summary, correlation_id: str | None, reco
     return summary
 
 
-def _execute(
-    engine: Engine,
-    summary: Summary,
-    instance_ids: Sequence[str] | None,
-    now: dt.datetime,
-    pol: policy.Policy,
-    batch_size: int,
-    actor: policy.Actor,
-    correlation: str,
-    progress: Progress | None,
-    *,
-    count: bool = False,
-) -> set[str]:
+def _execute(run: _Run, instance_ids: Sequence[str] | None, *, count: bool = False) -> set[str]:
     """Converge `instance_ids` (None: all), re-reading the writes that lost a race with
     concurrent usage; returns those that still lost after `MAX_CONFLICT_ROUNDS`. With
     `count`, the first pass adds the instances it reads to `scanned`."""
-    conflicts = _run_pass(engine, summary, instance_ids, now, pol, batch_size, actor,
-                          correlation, progress, count=count)
+    summary = run.summary
+    conflicts = _run_pass(run, instance_ids, count=count)
     rounds = 0
     while conflicts and rounds < MAX_CONFLICT_ROUNDS:
         rounds += 1
@@ -234,27 +238,24 @@ def _execute(
         summary.changed -= len(conflicts)
         if summary.missed is not None:
             summary.missed -= len(conflicts - (summary.announced or frozenset()))
-        conflicts = _run_pass(engine, summary, sorted(conflicts), now, pol, batch_size,
-                              actor, correlation, progress)
+        conflicts = _run_pass(run, sorted(conflicts))
     summary.failed += len(conflicts)
     return conflicts
 
 
-def _tick_pass(
-    engine: Engine, summary: Summary, now: dt.datetime, pol: policy.Policy, batch_size: int,
-    actor: policy.Actor, correlation: str,
-) -> changes.Pending:
+def _tick_pass(run: _Run) -> changes.Pending:
     """Converge the candidate sets; queue what lost its race again; mark the sets done."""
+    engine, summary, now = run.engine, run.summary, run.now
     with database.read(engine) as conn:
-        pending = changes.collect(conn, now, pol.expiry_grace_period)
+        pending = changes.collect(conn, now, run.pol.expiry_grace_period)
         if not pending.instance_ids:  # nothing to converge: one read for both
             _missing_plans(conn, summary)
     summary.candidates = dict(pending.sets)
     summary.scanned += len(pending.instance_ids)
     failed: set[str] = set()
     if pending.instance_ids:
-        failed = _execute(engine, summary, pending.instance_ids, now, pol, batch_size, actor,
-                          correlation, None)
+        # its candidates are not what a caller's progress counts (a full scan's drifted rows)
+        failed = _execute(dataclasses.replace(run, progress=None), pending.instance_ids)
         with database.read(engine) as conn:
             _missing_plans(conn, summary)
     if not summary.dry_run:
@@ -274,19 +275,8 @@ def _missing_plans(conn: Connection, summary: Summary) -> None:
     summary.plan_missing = max(summary.plan_missing, on_missing)
 
 
-def _run_pass(
-    engine: Engine,
-    summary: Summary,
-    instance_ids: Sequence[str] | None,
-    now: dt.datetime,
-    pol: policy.Policy,
-    batch_size: int,
-    actor: policy.Actor,
-    correlation: str,
-    progress: Progress | None,
-    *,
-    count: bool = False,
-) -> set[str]:
+def _run_pass(run: _Run, instance_ids: Sequence[str] | None, *, count: bool = False
+              ) -> set[str]:
     """One walk: each range's drifted ids (counted as it reads them, with `count`) are read
     in full and planned in batches. On PostgreSQL each batch is written by a second thread
     while the next one is read and planned (the server writes one batch as Python plans the
@@ -295,13 +285,15 @@ def _run_pass(
     is re-read, as concurrent usage. On SQLite (one writer, in this process: a second
     thread only contends) each batch is read, planned and written in one `BEGIN
     IMMEDIATE`. Returns the ids whose write lost a race with concurrent usage."""
+    engine, summary, now, pol = run.engine, run.summary, run.now, run.pol
+    actor, correlation, progress = run.actor, run.correlation, run.progress
     conflicts: set[str] = set()
 
     def chunks() -> Iterator[Sequence[str]]:
         for found in drift.drifted_ids(engine, now, pol, instance_ids):
             if count:
                 summary.scanned += found.scanned
-            yield from drift.id_chunks(found.drifted, batch_size)
+            yield from drift.id_chunks(found.drifted, run.batch_size)
 
     def written(rows: list[drift.Candidate], planned: list[policy.Change],
                 applied: set[str]) -> None:
