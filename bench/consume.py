@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -36,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest  # the sibling benchmark's servers and load generator
@@ -71,21 +70,7 @@ RETURNING remaining_after
 
 
 def floor_app(conninfo: str) -> Any:
-    from psycopg_pool import AsyncConnectionPool
-
-    pool = AsyncConnectionPool(conninfo, min_size=8, max_size=16, open=False)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> Any:
-        await pool.open(wait=True)
-        yield
-        await pool.close()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app, pool = ingest.pooled_app(conninfo)
 
     @app.post("/floor/{instance_id}")
     async def floor(instance_id: str, request: Request) -> Response:

@@ -77,7 +77,9 @@ CREATE TABLE IF NOT EXISTS bench_floor (
 )"""
 
 
-def floor_app(conninfo: str) -> Any:
+def pooled_app(conninfo: str) -> tuple[FastAPI, Any]:
+    """A FastAPI app with `/healthz` and psycopg's AsyncConnectionPool, opened for its
+    lifetime: what every floor is built on (here and in `bench/consume.py`)."""
     from psycopg_pool import AsyncConnectionPool
 
     pool = AsyncConnectionPool(conninfo, min_size=8, max_size=16, open=False)
@@ -93,6 +95,12 @@ def floor_app(conninfo: str) -> Any:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    return app, pool
+
+
+def floor_app(conninfo: str) -> Any:
+    app, pool = pooled_app(conninfo)
 
     @app.post("/floor")
     async def floor(request: Request) -> Response:

@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from creditsync import enums, instances, reservations
-from creditsync import errors as core_errors
 from creditsync_api import deps, errors, schemas
 from creditsync_api.deps import (
     EngineDep,
@@ -25,6 +24,7 @@ from creditsync_api.deps import (
 )
 from creditsync_api.routes import credits
 from creditsync_api.routes import grants as grant_routes
+from creditsync_api.routes import reservations as reservation_routes
 from creditsync_api.routes.grants import GrantId
 
 router = APIRouter(prefix="/api/instances", tags=["app backend"])
@@ -80,15 +80,9 @@ def reserve(
     spend them until `POST /api/reservations/{id}/commit` or `/release`, or `ttl` seconds
     pass. The same `idempotencyKey` answers the first hold (`replayed`); with another
     amount, 409."""
-    try:
-        found = reservations.reserve(engine, instance_id, body.amount, body.idempotency_key,
-                                     ttl=dt.timedelta(seconds=body.ttl), now=now)
-    except core_errors.CreditsyncError as exc:
-        state.metrics.reservations.labels("reserve", exc.code).inc()
-        raise
-    state.metrics.reservations.labels("reserve", "replayed" if found.replayed
-                                      else "held").inc()
-    return schemas.Reservation.from_core(found)
+    return reservation_routes.counted(state, "reserve", "held", lambda: reservations.reserve(
+        engine, instance_id, body.amount, body.idempotency_key,
+        ttl=dt.timedelta(seconds=body.ttl), now=now))
 
 
 @router.get("/{instance_id}/grants", summary="An instance's grants",

@@ -6,6 +6,7 @@ reservations (a service key: any).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -19,6 +20,19 @@ router = APIRouter(prefix="/api/reservations", tags=["app backend"])
 
 ReservationId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$",
                                     description="`reservationId` as the hold answered it.")]
+
+
+def counted(state: StateDep, action: str, done: str,
+            act: Callable[[], reservations.Reservation]) -> schemas.Reservation:
+    """Run a reservation's `action`, counting its outcome in `/metrics` (`replayed`, `done`,
+    or the refusal's code), and answer the reservation."""
+    try:
+        found = act()
+    except core_errors.CreditsyncError as exc:
+        state.metrics.reservations.labels(action, exc.code).inc()
+        raise
+    state.metrics.reservations.labels(action, "replayed" if found.replayed else done).inc()
+    return schemas.Reservation.from_core(found)
 
 
 def _check(caller: SettlerDep, engine: EngineDep, reservation_id: str) -> None:
@@ -38,14 +52,8 @@ def commit(
     the first (`replayed`); another amount, or a released or expired hold, is 409."""
     _check(caller, engine, reservation_id)
     amount = body.amount if body is not None else None
-    try:
-        found = reservations.commit(engine, reservation_id, amount, now=now)
-    except core_errors.CreditsyncError as exc:
-        state.metrics.reservations.labels("commit", exc.code).inc()
-        raise
-    state.metrics.reservations.labels("commit", "replayed" if found.replayed
-                                      else "committed").inc()
-    return schemas.Reservation.from_core(found)
+    return counted(state, "commit", "committed",
+                   lambda: reservations.commit(engine, reservation_id, amount, now=now))
 
 
 @router.post("/{reservation_id}/release", summary="Free the held credits",
@@ -58,7 +66,5 @@ def release(
     """Frees everything held. Releasing again (or an expired hold) answers as it is
     (`replayed`); a committed one is 409."""
     _check(caller, engine, reservation_id)
-    found = reservations.release(engine, reservation_id, now=now)
-    state.metrics.reservations.labels("release", "replayed" if found.replayed
-                                      else "released").inc()
-    return schemas.Reservation.from_core(found)
+    return counted(state, "release", "released",
+                   lambda: reservations.release(engine, reservation_id, now=now))

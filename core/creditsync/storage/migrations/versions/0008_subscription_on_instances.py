@@ -30,28 +30,35 @@ _COPIED = ('paid_plan_id', 'paid_until', 'subscription_rev', 'subscription_time'
 _OLD_DRIFT = ['instance_id', 'plan_id', 'credits_total', 'applied_rev', 'period_end']
 
 
+def _values(s: str) -> tuple[str, ...]:
+    """The copied values of subscription row `s`, in `_COPIED` order (all NULL when `s` is
+    missing)."""
+    return (f"CASE WHEN {s}.status <> 'removed' THEN {s}.plan_id END", f"{s}.expires_at",
+            f"{s}.rev", f"{s}.source_time")
+
+
 def _copy_of(s: str) -> str:
-    """The copied values of subscription row `s` (all NULL when `s` is missing)."""
-    return (f"CASE WHEN {s}.status <> 'removed' THEN {s}.plan_id END, {s}.expires_at, "
-            f"{s}.rev, {s}.source_time")
+    return ", ".join(_values(s))
 
 
 _TARGET = "(" + ", ".join(_COPIED) + ")"
-_DIFFERS = ("(" + ", ".join(f"i.{c}" for c in _COPIED) + ") IS DISTINCT FROM ({copy})")
+# the copy is written only where it differs (a writer that set it already costs no update)
+_DIFFERS = ("(" + ", ".join(f"i.{c}" for c in _COPIED) + ") IS DISTINCT FROM ("
+            + _copy_of("s") + ")")
 
 _PG_FUNCTIONS = f"""
 CREATE FUNCTION creditsync_subscriptions_copy() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE instances AS i SET {_TARGET} = ({_copy_of('s')})
     FROM changed_subscriptions c LEFT JOIN subscriptions s ON s.instance_id = c.instance_id
-    WHERE i.instance_id = c.instance_id AND {_DIFFERS.format(copy=_copy_of('s'))};
+    WHERE i.instance_id = c.instance_id AND {_DIFFERS};
     RETURN NULL;
 END $$;
 CREATE FUNCTION creditsync_instances_copy() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE instances AS i SET {_TARGET} = ({_copy_of('s')})
     FROM new_instances n JOIN subscriptions s ON s.instance_id = n.instance_id
-    WHERE i.instance_id = n.instance_id AND {_DIFFERS.format(copy=_copy_of('s'))};
+    WHERE i.instance_id = n.instance_id AND {_DIFFERS};
     RETURN NULL;
 END $$;
 CREATE TRIGGER subscriptions_copy_inserted AFTER INSERT ON subscriptions
@@ -79,8 +86,7 @@ DROP FUNCTION IF EXISTS creditsync_subscriptions_copy()
 
 def _sqlite_set(s: str) -> str:
     return ", ".join(f"{column} = {value}" for column, value in zip(
-        _COPIED, (f"CASE WHEN {s}.status <> 'removed' THEN {s}.plan_id END",
-                  f"{s}.expires_at", f"{s}.rev", f"{s}.source_time"), strict=True))
+        _COPIED, _values(s), strict=True))
 
 
 _SQLITE_TRIGGERS = [
@@ -94,10 +100,8 @@ _SQLITE_TRIGGERS = [
         WHERE instance_id = OLD.instance_id; END""",
     f"""CREATE TRIGGER instances_copy_insert AFTER INSERT ON instances
         WHEN EXISTS (SELECT 1 FROM subscriptions WHERE instance_id = NEW.instance_id)
-        BEGIN UPDATE instances SET {", ".join(
-            f"{c} = (SELECT {v} FROM subscriptions s WHERE s.instance_id = NEW.instance_id)"
-            for c, v in zip(_COPIED, ("CASE WHEN s.status <> 'removed' THEN s.plan_id END",
-                                      "s.expires_at", "s.rev", "s.source_time"), strict=True))}
+        BEGIN UPDATE instances SET {_TARGET} = (SELECT {_copy_of('s')} FROM subscriptions s
+                                                WHERE s.instance_id = NEW.instance_id)
         WHERE instance_id = NEW.instance_id; END""",
 ]
 _SQLITE_DROP = [f"DROP TRIGGER IF EXISTS {name}" for name in (
